@@ -1,0 +1,3 @@
+"""distill: knowledge distillation from one YAML recipe or a few lines of Python."""
+
+__version__ = "0.1.0"
