@@ -1,0 +1,349 @@
+"""The typed recipe: every knob, its default and what it does, validated before anything heavy starts.
+
+A recipe is YAML (parsed with ``yaml.safe_load``: no tags, no code) or a dict, checked by pydantic with unknown
+keys refused. Errors are turned into one paragraph that names the field and, for a misspelt key, the closest
+valid one.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distill.errors import DistillError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------- models
+class MLPSpec(_Strict):
+    """A multilayer perceptron on flattened inputs."""
+    kind: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [256], description="hidden layer widths")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input (Hinton 2012 used 0.2)")
+
+
+class CNNSpec(_Strict):
+    """A small convolutional net: conv-BN-ReLU-pool blocks, global average pooling, a linear head.
+    1-D convolutions for inputs shaped (C, L), 2-D for (C, H, W)."""
+    kind: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64], description="channels per block")
+    kernel_size: int = Field(3, gt=0)
+    batch_norm: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head")
+
+
+class HFSpec(_Strict):
+    """Any Hugging Face model, by hub id or local folder."""
+    kind: Literal["hf"] = "hf"
+    name_or_path: str = Field(description="hub id or local folder with config.json")
+    task: Literal["sequence-classification", "causal-lm", "masked-lm", "base"] = "sequence-classification"
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint (off unless you trust it)")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    revision: str | None = None
+
+
+class SavedSpec(_Strict):
+    """A model exported by an earlier run (``RUN/student``, ``RUN/teacher``) or any folder holding a distill
+    ``config.json`` and ``model.safetensors``."""
+    kind: Literal["saved"] = "saved"
+    path: str
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, HFSpec, SavedSpec], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------------------------------- data
+class AugmentConfig(_Strict):
+    shift: int = Field(0, ge=0, description="random translation by up to this many pixels/steps (input jitter)")
+
+
+class DataConfig(_Strict):
+    """Where examples come from. Either a built-in dataset (``dataset``) or a user's file (``path``)."""
+    dataset: str | None = Field(None, description="built-in dataset: mnist, mnist5k, mnist1d, digits")
+    path: str | None = Field(None, description="CSV / JSON(L) / parquet file, or a folder saved by datasets")
+    test_path: str | None = None
+    format: str | None = None
+    features: str | list[str] | None = Field(None, description="feature column(s) of a file dataset")
+    label: str | None = Field(None, description="label column of a file dataset")
+    val_size: float | None = Field(None, ge=0, description="validation count or fraction, carved from training data")
+    num_samples: int | None = Field(None, gt=0, description="dataset size where the dataset is generated (mnist1d)")
+    train_subset: int | None = Field(None, gt=0, description="use only the first N training examples (quick runs)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.dataset is None) == (self.path is None):
+            raise ValueError("give exactly one of data.dataset (a built-in dataset) or data.path (your own file)")
+        if self.path is not None and (self.features is None or self.label is None):
+            raise ValueError("data.path needs data.features and data.label (the column names)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- training
+class TrainingConfig(_Strict):
+    """One training stage (teacher, baseline or student)."""
+    epochs: float | None = Field(10, gt=0, description="passes over the training data (fractions allowed)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs when set")
+    batch_size: int = Field(64, gt=0, description="examples per process per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warm-up as a share of all steps (if warmup_steps unset)")
+    max_grad_norm: float | None = Field(None, gt=0, description="clip gradients to this global norm")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    log_every: int = Field(10, gt=0, description="steps between log.jsonl lines")
+    eval_every: int | None = Field(None, gt=0, description="steps between validation passes (default: each epoch)")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (default: each epoch)")
+    keep_checkpoints: int = Field(2, gt=0)
+    device: Literal["auto", "cpu"] = "auto"
+
+
+# --------------------------------------------------------------------------------------------------- roles
+class TeacherConfig(_Strict):
+    model: ModelSpec | None = Field(None, description="architecture or pretrained model (None: passed from Python)")
+    weights: str | None = Field(None, description="safetensors file to load into model")
+    train: TrainingConfig | None = Field(None, description="train the teacher in this run on hard labels first")
+
+
+class StudentConfig(_Strict):
+    model: ModelSpec | None = Field(None, description="architecture (None: passed from Python)")
+    weights: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------- objective
+class TermConfig(_Strict):
+    """One weighted term of the objective: ``weight * loss(student signal, teacher signal | labels, **options)``."""
+    loss: str = Field(description="registered loss name, e.g. soft_kl, cross_entropy, teacher_label_ce")
+    name: str | None = Field(None, description="name in logs (default: the loss name)")
+    weight: float = Field(1.0, ge=0)
+    student: str = Field("logits", description="student signal compared")
+    teacher: str = Field("logits", description="teacher signal compared")
+    temperature: float | None = Field(None, gt=0, description="for losses with a temperature (default: objective.temperature)")
+    options: dict[str, Any] = Field(default_factory=dict, description="other keyword options of the loss")
+
+    @model_validator(mode="after")
+    def _known_loss(self) -> "TermConfig":
+        from distill.losses import get_loss
+
+        try:
+            info = get_loss(self.loss)
+        except DistillError as error:
+            raise ValueError(str(error)) from None
+        if self.temperature is not None and "temperature" not in info.options:
+            raise ValueError(f"loss {self.loss!r} takes no temperature")
+        for option in self.options:
+            if option not in info.options or option == "temperature":
+                valid = [name for name in info.options if name != "temperature"]
+                close = difflib.get_close_matches(option, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"loss {self.loss!r} has no option {option!r}{hint}; its options: {valid or 'none'}"
+                                 + ("; set temperature as the term's own field" if option == "temperature" else ""))
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.loss
+
+
+class ObjectiveConfig(_Strict):
+    """A weighted sum of named terms. ``alpha`` is Hinton's shortcut: ``alpha * soft_kl + (1 - alpha) * cross_entropy``."""
+    temperature: float = Field(1.0, gt=0, description="default temperature of terms that take one")
+    alpha: float | None = Field(None, ge=0, le=1, description="shortcut for soft/hard mixing; use instead of terms")
+    terms: list[TermConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _expand_alpha(self) -> "ObjectiveConfig":
+        if self.alpha is not None and self.terms:
+            raise ValueError("give objective.alpha or objective.terms, not both")
+        if self.alpha is not None:
+            object.__setattr__(self, "terms", [
+                TermConfig(name="soft", loss="soft_kl", weight=self.alpha),
+                TermConfig(name="hard", loss="cross_entropy", weight=1 - self.alpha),
+            ])
+            object.__setattr__(self, "alpha", None)
+        if not self.terms:
+            raise ValueError("objective needs terms (or alpha)")
+        names = [term.display_name for term in self.terms]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"objective terms need distinct names; repeated: {duplicates} (set term.name)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(1000, gt=0)
+    latency_batch_size: int = Field(100, gt=0, description="batch size of the timed forward passes")
+    latency_runs: int = Field(30, ge=5, description="timed runs (after warm-up); the median is reported")
+
+
+class OutputConfig(_Strict):
+    dir: str | None = Field(None, description="run directory (default: runs/<recipe name>)")
+
+
+class Recipe(_Strict):
+    """A whole distillation run."""
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    baseline: bool = Field(False, description="also train the student architecture on hard labels alone, for comparison")
+    objective: ObjectiveConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def needs_teacher(self) -> bool:
+        from distill.losses import get_loss
+
+        return any(get_loss(term.loss).needs_teacher for term in self.objective.terms)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _all_field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        for candidate in _classes_in(field.annotation):
+            names |= _all_field_names(candidate, seen)
+    return names
+
+
+def _classes_in(annotation: Any) -> list[type[BaseModel]]:
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for argument in get_args(annotation) for found in _classes_in(argument)]
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    valid_keys = _all_field_names(Recipe)
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"] if not str(part) in ("mlp", "cnn", "hf", "saved"))
+        if item["type"] == "extra_forbidden":
+            key = str(item["loc"][-1])
+            close = difflib.get_close_matches(key, valid_keys, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"unknown key {location!r}{hint}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            shown = f"{location}: " if location else ""
+            problems.append(f"{shown}{message} (got {item.get('input')!r})" if item["type"] != "value_error"
+                            and not isinstance(item.get("input"), dict) else f"{shown}{message}")
+    return f"invalid recipe {source}: " + "; ".join(problems)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise DistillError(f"--set {dotted}: {key!r} is not a section of the recipe")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise DistillError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise DistillError(f"--set {key}: cannot parse value {text!r}: {error}") from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A path to a YAML file, or the name of a built-in recipe."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    builtin = RECIPES_DIR / f"{recipe}.yaml"
+    if builtin.is_file():
+        return builtin
+    names = builtin_recipe_names()
+    close = difflib.get_close_matches(str(recipe), names, n=1)
+    hint = f" Did you mean the built-in recipe {close[0]!r}?" if close else ""
+    raise DistillError(f"recipe file {str(recipe)!r} not found, and it is not a built-in recipe.{hint} "
+                       f"Built-in recipes: {', '.join(names)} (see `distill recipes`).")
+
+
+def builtin_recipe_names() -> list[str]:
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise DistillError(f"cannot read recipe {path}: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise DistillError(f"YAML syntax error in {path}{where}: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise DistillError(f"YAML error in {path}: {error}") from None
+    if not isinstance(raw, dict):
+        raise DistillError(f"recipe {path} must be a mapping of sections (data, teacher, student, ...), "
+                           f"got {type(raw).__name__}")
+    return raw
+
+
+def load_recipe(recipe: str | Path | dict[str, Any] | Recipe, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe. Raises DistillError with one readable paragraph on any problem."""
+    if isinstance(recipe, Recipe):
+        raw, source = recipe.model_dump(mode="json"), f"{recipe.name!r}"
+    elif isinstance(recipe, dict):
+        raw, source = copy.deepcopy(recipe), "(dict)"
+    else:
+        path = resolve_recipe_path(recipe)
+        raw, source = read_yaml(path), str(path)
+        raw.setdefault("name", path.stem)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(raw, key, value)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise DistillError(format_validation_error(error, source)) from None
+
+
+def describe_builtin_recipes() -> list[tuple[str, str]]:
+    rows = []
+    for name in builtin_recipe_names():
+        raw = read_yaml(RECIPES_DIR / f"{name}.yaml")
+        rows.append((name, str(raw.get("description", "")).strip().split("\n")[0]))
+    return rows

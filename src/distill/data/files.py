@@ -1,0 +1,316 @@
+"""The user's own tabular / array data (CSV, JSON lines, Parquet, `save_to_disk` folders) through HF `datasets`.
+
+Only local files are read: the packaged `csv` / `json` / `parquet` builders and `load_from_disk` need no hub access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from distill.data.arrays import TEST_SPLIT_SEED, ArraySplits, _resolve_size, split_indices
+from distill.errors import DistillError
+
+SUPPORTED_FORMATS = ("csv", "json", "parquet", "disk")
+_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".pq": "parquet"}
+_FORMAT_ALIASES = {"jsonl": "json", "save_to_disk": "disk", "arrow_dir": "disk", "pq": "parquet"}
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
+_VAL_SPLIT_NAMES = ("validation", "valid", "val")
+_SUPPORTED_TEXT = "a .csv, .json, .jsonl or .parquet file, or a folder written by Dataset/DatasetDict.save_to_disk"
+
+
+def _infer_format(path: Path, format: str | None) -> str:
+    if format is not None:
+        fmt = str(format).lower().lstrip(".")
+        fmt = _FORMAT_ALIASES.get(fmt, fmt)
+        if fmt not in SUPPORTED_FORMATS:
+            raise DistillError(f"Unknown data format '{format}' for {path}; supported formats are {', '.join(SUPPORTED_FORMATS)}.")
+        if (fmt == "disk") != path.is_dir():
+            what = "a folder" if path.is_dir() else "a file"
+            raise DistillError(f"{path} is {what}, which does not fit format '{fmt}'; only 'disk' reads a save_to_disk folder.")
+        return fmt
+    if path.is_dir():
+        return "disk"
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+    fmt = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise DistillError(
+            f"Cannot tell the format of {path} from its name; use {_SUPPORTED_TEXT}, or pass format= (one of {', '.join(SUPPORTED_FORMATS)})."
+        )
+    return fmt
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield datasets
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _load_splits(path: Path, fmt: str, cache_dir: str) -> dict:
+    """{split name: datasets.Dataset} for one file or save_to_disk folder."""
+    with _quiet_datasets() as datasets:
+        if fmt == "disk":
+            try:
+                obj = datasets.load_from_disk(str(path))
+            except FileNotFoundError:
+                raise DistillError(
+                    f"{path} is a folder but not one written by Dataset.save_to_disk or DatasetDict.save_to_disk; "
+                    f"point at such a folder or at a .csv, .json, .jsonl or .parquet file."
+                ) from None
+            except Exception as e:
+                raise DistillError(f"Cannot read the save_to_disk folder {path}: {_first_line(e)}.") from None
+            return dict(obj) if isinstance(obj, datasets.DatasetDict) else {"train": obj}
+        if path.stat().st_size == 0:
+            raise DistillError(f"{path} is empty; it needs at least one row of data.")
+        try:
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train", cache_dir=cache_dir)
+        except Exception as e:
+            if isinstance(e, StopIteration) or "corresponds to no data" in str(e):
+                raise DistillError(f"{path} is empty; it needs at least one row of data.") from None
+            raise DistillError(f"Cannot read {path} as {fmt}: {_first_line(e)}.") from None
+        return {"train": ds}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__).rstrip(".")
+
+
+def _pick_split(splits: dict, path: Path, prefer: tuple[str, ...]):
+    for name in prefer:
+        if name in splits:
+            return splits[name]
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    raise DistillError(f"{path} has splits {', '.join(splits)} but none named '{prefer[0]}'; rename the training split to 'train'.")
+
+
+def _check_columns(ds, needed: list[str], where: str) -> None:
+    available = list(ds.column_names)
+    for col in needed:
+        if col not in available:
+            raise DistillError(f"Column '{col}' is not in {where}; available columns: {', '.join(available) or '(none)'}.")
+
+
+def _numeric(arr, name: str, where: str) -> np.ndarray:
+    """One Arrow column -> float32 array of shape (N, *per-row shape); nested lists must be rectangular."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if arr.null_count:
+        raise DistillError(f"Feature column '{name}' in {where} has {arr.null_count} missing values; fill or drop them first.")
+    t = arr.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        out = arr.to_numpy(zero_copy_only=False).astype(np.float32)
+        if not np.isfinite(out).all():
+            raise DistillError(f"Feature column '{name}' in {where} holds NaN or infinite values; clean them first.")
+        return out
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        n = len(arr)
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        if n and (lengths != lengths[0]).any():
+            raise DistillError(
+                f"Feature column '{name}' in {where} holds lists of different lengths ({lengths.min()} to {lengths.max()}); every row needs the same shape."
+            )
+        inner = _numeric(arr.flatten(), name, where)
+        width = int(lengths[0]) if n else 0
+        return inner.reshape((n, width) + inner.shape[1:])
+    raise DistillError(f"Feature column '{name}' in {where} holds {t} values, not numbers; features must be numeric columns or lists of numbers.")
+
+
+def _features(ds, features: str | list[str], where: str) -> np.ndarray:
+    table = ds.with_format("arrow")[:]
+    if isinstance(features, str):
+        x = _numeric(table.column(features), features, where)
+        return x[:, None] if x.ndim == 1 else x
+    cols = []
+    for name in features:
+        col = _numeric(table.column(name), name, where)
+        if col.ndim != 1:
+            raise DistillError(
+                f"Feature column '{name}' in {where} holds a list per row; pass it on its own as features='{name}' instead of in a list of columns."
+            )
+        cols.append(col)
+    return np.stack(cols, axis=1)
+
+
+def _raw_labels(ds, label: str, where: str):
+    """('int', int64 array) or ('str', str array) for one split's label column."""
+    import pyarrow as pa
+
+    arr = ds.with_format("arrow")[:].column(label).combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if arr.null_count:
+        raise DistillError(f"Label column '{label}' in {where} has {arr.null_count} missing values; drop those rows first.")
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "str", np.asarray(arr.to_pylist(), dtype=str)
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return "int", arr.to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_floating(t):
+        v = arr.to_numpy(zero_copy_only=False)
+        if np.isfinite(v).all() and (v == np.round(v)).all():
+            return "int", v.astype(np.int64)
+        raise DistillError(f"Label column '{label}' in {where} holds non-whole numbers; class labels must be integers or strings.")
+    raise DistillError(f"Label column '{label}' in {where} holds {t} values; class labels must be integers or strings.")
+
+
+def _encode_labels(parts: list[tuple], label: str, class_label_names: list[str] | None):
+    """Map every split's labels to shared ids. parts: [(ds, where)]. Returns (id arrays, num_classes, class_names)."""
+    raw = [_raw_labels(ds, label, where) for ds, where in parts]
+    kinds = {k for k, _ in raw}
+    if len(kinds) > 1:
+        wheres = ", ".join(where for _, where in parts)
+        raise DistillError(f"Label column '{label}' holds numbers in some of {wheres} and strings in others; use one kind throughout.")
+    values = [v for _, v in raw]
+    if class_label_names is not None:  # datasets.ClassLabel: ids already, names known
+        return values, len(class_label_names), list(class_label_names)
+    allv = np.concatenate(values)
+    if kinds == {"str"} or (len(allv) and allv.min() < 0):
+        names = np.unique(allv)
+        ids = [np.searchsorted(names, v).astype(np.int64) for v in values]
+        return ids, len(names), [str(n) for n in names]
+    return values, int(allv.max()) + 1 if len(allv) else 0, None
+
+
+def load_files(
+    path: str | Path,
+    *,
+    features: str | list[str],
+    label: str,
+    test_path: str | Path | None = None,
+    format: str | None = None,
+    seed: int = 0,
+    val_size: int | float = 0.1,
+    test_size: int | float = 0.2,
+    cache_dir: str | Path | None = None,
+) -> ArraySplits:
+    """Load the user's own classification data as train / val / test arrays.
+
+    path: a .csv, .json / .jsonl or .parquet file (optionally .gz etc.), or a save_to_disk folder.
+    features: a list of numeric columns (stacked into shape (F,)), or one column holding a list / nested list per row.
+    label: the class column: non-negative integers (used as ids) or strings (sorted -> ids, `class_names` set).
+    test_path: a separate test file; otherwise a 'test' split of a DatasetDict folder; otherwise `test_size` rows of
+        the training data are held out (stratified, fixed seed 12345, the same for every run).
+    val_size: carved from the training data with `seed` (never from test); a 'validation' split of a DatasetDict
+        folder is used instead when present.
+    cache_dir: where `datasets` may write its Arrow cache; default a temporary folder removed afterwards.
+    """
+    if isinstance(features, str):
+        feature_list = [features]
+    elif isinstance(features, (list, tuple)) and features and all(isinstance(f, str) for f in features):
+        feature_list = list(features)
+    else:
+        raise DistillError(f"features must be a column name or a non-empty list of column names, got {features!r}.")
+    if len(set(feature_list)) != len(feature_list):
+        raise DistillError(f"features lists a column twice: {feature_list}.")
+    if not isinstance(label, str) or not label:
+        raise DistillError(f"label must be the name of the label column, got {label!r}.")
+    if label in feature_list:
+        raise DistillError(f"Column '{label}' is both the label and a feature; remove it from features.")
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DistillError(f"Data path {path} does not exist; check the path (relative paths are from {Path.cwd()}).")
+    fmt = _infer_format(path, format)
+    tpath = None
+    if test_path is not None:
+        tpath = Path(test_path).expanduser()
+        if not tpath.exists():
+            raise DistillError(f"Test data path {tpath} does not exist; check the path (relative paths are from {Path.cwd()}).")
+        tfmt = _infer_format(tpath, format)
+
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None:
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-datasets-", ignore_cleanup_errors=True))
+        else:
+            cache = str(Path(cache_dir).expanduser())
+        splits = _load_splits(path, fmt, cache)
+        train = _pick_split(splits, path, ("train",))
+        train_where = f"{path}" if len(splits) == 1 else f"{path} (split 'train')"
+        parts = [(train, train_where)]
+        test = test_where = None
+        if tpath is not None:
+            tsplits = _load_splits(tpath, tfmt, cache)
+            test = _pick_split(tsplits, tpath, ("test", "train"))
+            test_where = str(tpath)
+        elif "test" in splits:
+            test, test_where = splits["test"], f"{path} (split 'test')"
+        val = val_where = None
+        for name in _VAL_SPLIT_NAMES:
+            if name in splits:
+                val, val_where = splits[name], f"{path} (split '{name}')"
+                break
+        if test is not None:
+            parts.append((test, test_where))
+        if val is not None:
+            parts.append((val, val_where))
+
+        for ds, where in parts:
+            _check_columns(ds, feature_list + [label], where)
+            if ds.num_rows == 0:
+                raise DistillError(f"{where} has no rows; it needs at least one sample.")
+
+        import datasets
+
+        feat = train.features.get(label)
+        class_label_names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else None
+        ids, num_classes, class_names = _encode_labels(parts, label, class_label_names)
+        xs = [_features(ds, features, where) for ds, where in parts]
+        shapes = {x.shape[1:] for x in xs}
+        if len(shapes) > 1:
+            raise DistillError(f"Feature shapes differ between {', '.join(w for _, w in parts)}: {sorted(shapes)}; every split needs the same shape.")
+        del splits, train, test, val, parts
+
+    x, y = xs[0], ids[0]
+    i = 1
+    if test_where is not None:
+        test_x, test_y = xs[i], ids[i]
+        i += 1
+    else:
+        count = _resolve_size(test_size, len(y), "test_size")
+        keep, take = split_indices(y, count, TEST_SPLIT_SEED)
+        x, y, test_x, test_y = x[keep], y[keep], x[take], y[take]
+    if val_where is not None:
+        val_x, val_y = xs[i], ids[i]
+        order = np.random.default_rng(seed).permutation(len(y))  # same random order as when val is carved
+        x, y = x[order], y[order]
+    else:
+        count = _resolve_size(val_size, len(y), "val_size")
+        keep, take = split_indices(y, count, seed)
+        x, y, val_x, val_y = x[keep], y[keep], x[take], y[take]
+
+    source = str(path) + (f" (test: {tpath})" if tpath is not None else "")
+    name = path.name
+    for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".jsonl", ".json", ".parquet", ".pq"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) and len(name) > len(suffix) else name
+    return ArraySplits(
+        name=name,
+        train_x=x,
+        train_y=y,
+        val_x=val_x,
+        val_y=val_y,
+        test_x=test_x,
+        test_y=test_y,
+        input_shape=tuple(int(d) for d in x.shape[1:]),
+        num_classes=num_classes,
+        class_names=class_names,
+        source=source,
+    )

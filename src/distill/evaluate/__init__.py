@@ -1,0 +1,1 @@
+"""Evaluation: task metrics, fidelity to the teacher, cost."""

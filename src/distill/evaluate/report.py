@@ -1,0 +1,84 @@
+"""Evaluate teacher, baseline and student side by side on the same test set, and print the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from distill.config import EvaluationConfig
+from distill.evaluate.metrics import accuracy, agreement, error_count, gap_recovered, predict_logits
+from distill.evaluate.speed import latency_ms
+from distill.models import count_parameters
+
+
+def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
+                    device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts)."""
+    timing_batch = next(iter(DataLoader(test, batch_size=evaluation.latency_batch_size, shuffle=False)))
+    timing_batch = {key: value.to(device) for key, value in timing_batch.items() if key != "labels"}
+    logits: dict[str, torch.Tensor] = {}
+    metrics: dict[str, Any] = {}
+    labels = None
+    for name, model in models.items():
+        model.to(device)
+        logits[name], labels = predict_logits(model, test, batch_size=evaluation.batch_size, device=device)
+        timing = latency_ms(model, timing_batch, runs=evaluation.latency_runs)
+        metrics[name] = {
+            "accuracy": round(accuracy(logits[name], labels), 6),
+            "errors": error_count(logits[name], labels),
+            "params": count_parameters(model),
+            "latency_ms": round(timing["median"], 4),
+            "latency_p95_ms": round(timing["p95"], 4),
+        }
+    assert labels is not None
+    metrics["test_size"] = int(labels.numel())
+    metrics["latency_batch_size"] = evaluation.latency_batch_size
+    metrics["threads"] = torch.get_num_threads()
+    if "teacher" in logits:
+        for name in ("student", "baseline"):
+            if name in logits:
+                metrics[name]["agreement"] = round(agreement(logits[name], logits["teacher"]), 6)
+        if "student" in logits:
+            metrics["agreement"] = metrics["student"]["agreement"]
+            metrics["speedup"] = round(metrics["teacher"]["latency_ms"] / max(metrics["student"]["latency_ms"], 1e-9), 3)
+            metrics["compression"] = round(metrics["teacher"]["params"] / max(metrics["student"]["params"], 1), 3)
+    if {"teacher", "baseline", "student"} <= set(logits):
+        recovered = gap_recovered(teacher_errors=metrics["teacher"]["errors"],
+                                  baseline_errors=metrics["baseline"]["errors"],
+                                  student_errors=metrics["student"]["errors"])
+        metrics["gap_recovered"] = None if recovered is None else round(recovered, 4)
+    return metrics
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title=f"{metrics.get('recipe', 'run')} (test set of {metrics.get('test_size')}, seed "
+                        f"{metrics.get('seed')})")
+    for column in ("model", "test errors", "accuracy", "agreement w/ teacher", "params",
+                   f"latency ms (batch {metrics.get('latency_batch_size')})"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for name in ("teacher", "baseline", "student"):
+        if name in metrics:
+            row = metrics[name]
+            label = {"baseline": "baseline student (hard labels)", "student": "distilled student"}.get(name, name)
+            table.add_row(label, str(row["errors"]), f"{row['accuracy']:.2%}",
+                          f"{row['agreement']:.2%}" if "agreement" in row else "-", f"{row['params']:,}",
+                          f"{row['latency_ms']:.3f}")
+    return table
+
+
+def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    console = Console()
+    console.print(summary_table(metrics))
+    if metrics.get("gap_recovered") is not None:
+        console.print(f"gap recovered: {metrics['gap_recovered']:.1%}  "
+                      "(baseline errors - student errors) / (baseline errors - teacher errors)")
+    if "speedup" in metrics:
+        console.print(f"student is {metrics['compression']:.1f}x smaller and {metrics['speedup']:.1f}x faster "
+                      f"than the teacher ({metrics['threads']} threads)")
+    console.print(f"results: {run_dir}/metrics.json  student: {run_dir}/student/  log: {run_dir}/log.jsonl")

@@ -1,0 +1,214 @@
+"""Build, load and export teachers and students: built-in small nets, Hugging Face models, any nn.Module.
+
+Built-in models are rebuilt from their spec, so an exported built-in model is ``model.safetensors`` plus a
+``config.json`` holding that spec. Hugging Face models are exported with ``save_pretrained`` (safetensors), so
+``from_pretrained`` loads them. Nothing here unpickles: weights are safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from distill.config import CNNSpec, HFSpec, MLPSpec, SavedSpec
+from distill.errors import DistillError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class MLP(nn.Module):
+    def __init__(self, input_size: int, hidden: list[int], num_classes: int, dropout: float = 0.0,
+                 input_dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout:
+            layers.append(nn.Dropout(input_dropout))
+        width = input_size
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.net(inputs)
+
+
+class CNN(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], channels: list[int], num_classes: int, kernel_size: int = 3,
+                 batch_norm: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if len(input_shape) not in (2, 3):
+            raise DistillError(f"cnn needs inputs shaped (channels, length) or (channels, height, width), "
+                               f"got per-sample shape {tuple(input_shape)}; use an mlp for flat features")
+        conv, norm, pool = ((nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if len(input_shape) == 2
+                            else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d))
+        blocks: list[nn.Module] = []
+        width, extent = input_shape[0], min(input_shape[1:])
+        for index, size in enumerate(channels):
+            blocks += [conv(width, size, kernel_size, padding=kernel_size // 2)]
+            if batch_norm:
+                blocks.append(norm(size))
+            blocks.append(nn.ReLU())
+            if index < len(channels) - 1 and extent >= 4:  # pool while there is room for it
+                blocks.append(pool(2))
+                extent //= 2
+            width = size
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool1d(1) if len(input_shape) == 2 else nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.head(self.dropout(self.pool(self.features(inputs)).flatten(1)))
+
+
+def build_model(spec: MLPSpec | CNNSpec | HFSpec | SavedSpec, *, input_shape: tuple[int, ...] | None,
+                num_classes: int | None) -> nn.Module:
+    """Build a model from its spec. ``input_shape`` (per sample) and ``num_classes`` come from the data."""
+    if isinstance(spec, MLPSpec):
+        return MLP(math.prod(_need(input_shape, "input_shape")), spec.hidden, _need(num_classes, "num_classes"),
+                   spec.dropout, spec.input_dropout)
+    if isinstance(spec, CNNSpec):
+        return CNN(tuple(_need(input_shape, "input_shape")), spec.channels, _need(num_classes, "num_classes"),
+                   spec.kernel_size, spec.batch_norm, spec.dropout)
+    if isinstance(spec, HFSpec):
+        return load_hf_model(spec, num_classes=num_classes)
+    if isinstance(spec, SavedSpec):
+        return load_saved(spec.path)
+    raise DistillError(f"unknown model spec {spec!r}")
+
+
+def _need(value: Any, what: str) -> Any:
+    if value is None:
+        raise DistillError(f"building this model needs {what}, which the data did not provide")
+    return value
+
+
+_HF_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+    "base": "AutoModel",
+}
+
+
+def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
+    import transformers
+
+    auto_class = getattr(transformers, _HF_AUTO_CLASSES[spec.task])
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
+    if spec.dtype != "float32":
+        kwargs["dtype"] = spec.dtype if spec.dtype == "auto" else getattr(torch, spec.dtype)
+    if spec.task == "sequence-classification" and num_classes is not None:
+        kwargs["num_labels"] = num_classes
+    local = Path(spec.name_or_path)
+    if not local.exists() and (spec.name_or_path.startswith((".", "/", "~")) or spec.name_or_path.count("/") > 1):
+        raise DistillError(f"model folder {spec.name_or_path!r} does not exist")
+    try:
+        return auto_class.from_pretrained(spec.name_or_path, **kwargs)
+    except OSError as error:
+        raise DistillError(f"cannot load Hugging Face model {spec.name_or_path!r}: {error}".split("\n")[0]) from None
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    return hasattr(model, "save_pretrained") and hasattr(model, "config")
+
+
+def export_model(model: nn.Module, spec: Any, directory: str | Path, *, input_shape: tuple[int, ...] | None = None,
+                 num_classes: int | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a model so that it can be rebuilt without the recipe or the Python object.
+
+    HF models: ``save_pretrained`` (a folder ``from_pretrained`` loads). Built-in models: safetensors plus the
+    spec. Other modules: safetensors plus the class name, to be rebuilt by the user's code (we never import
+    code named in a file)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_hf_model(model):
+        model.save_pretrained(directory, safe_serialization=True)
+        return directory
+    save_model(model, str(directory / WEIGHTS_FILE))
+    config: dict[str, Any] = {"input_shape": list(input_shape) if input_shape else None, "num_classes": num_classes}
+    if isinstance(spec, (MLPSpec, CNNSpec)):
+        config["distill_model"] = spec.model_dump(mode="json")
+    else:
+        config["python_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
+    config.update(extra or {})
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def load_saved(path: str | Path) -> nn.Module:
+    """Load a model exported by ``export_model`` (built-in or HF)."""
+    directory = Path(path)
+    config_file = directory / CONFIG_FILE
+    if not config_file.is_file():
+        raise DistillError(f"{directory} holds no exported model ({CONFIG_FILE} missing)")
+    config = json.loads(config_file.read_text())
+    if "distill_model" not in config:
+        if "python_class" in config:
+            raise DistillError(f"{directory} holds weights of the Python class {config['python_class']}; build that "
+                               f"module yourself and load {WEIGHTS_FILE} into it with safetensors.torch.load_model")
+        from transformers import AutoConfig
+
+        task = "sequence-classification"
+        architectures = AutoConfig.from_pretrained(directory).architectures or []
+        if any(name.endswith("ForCausalLM") for name in architectures):
+            task = "causal-lm"
+        elif any(name.endswith("ForMaskedLM") for name in architectures):
+            task = "masked-lm"
+        return load_hf_model(HFSpec(name_or_path=str(directory), task=task))
+    spec_data = config["distill_model"]
+    spec = MLPSpec(**spec_data) if spec_data["kind"] == "mlp" else CNNSpec(**spec_data)
+    model = build_model(spec, input_shape=tuple(config["input_shape"]), num_classes=config["num_classes"])
+    load_weights(model, directory / WEIGHTS_FILE)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise DistillError(f"weights file {path} not found")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as error:  # safetensors raises several types for shape/format problems
+        raise DistillError(f"cannot load weights {path} into {type(model).__name__}: {error}".split("\n")[0]) from None
+    if missing or unexpected:
+        raise DistillError(f"weights {path} do not fit {type(model).__name__}: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in batch.items() if key != "labels"}
+
+
+def forward_logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:
+    """Run a model on a batch: tensor datasets give ``{"inputs", "labels"}``, tokenised ones keyword inputs."""
+    output = model(batch["inputs"]) if "inputs" in batch else model(**model_inputs(batch))
+    return output.logits if hasattr(output, "logits") else output
+
+
+def output_size(model: nn.Module) -> int | None:
+    """Number of classes a classifier predicts, where it can be read off the model."""
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "num_labels", None):
+        return int(config.num_labels)
+    head = getattr(model, "head", None)
+    if head is None and isinstance(getattr(model, "net", None), nn.Sequential):
+        head = model.net[-1]
+    return int(head.out_features) if isinstance(head, nn.Linear) else None

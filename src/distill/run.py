@@ -1,0 +1,195 @@
+"""A whole run, as one Python call: ``distill.train(recipe)``.
+
+recipe -> validated config -> data -> teacher (trained here if asked) -> baseline student (if asked) ->
+distilled student -> evaluation side by side -> ``metrics.json``. Every finished stage is exported and marked
+done, so ``resume=True`` skips it and continues the stage that was cut off from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.checkpoint import write_json_atomic
+from distill.config import Recipe, load_recipe
+from distill.data import ArrayDataset, ArraySplits, load_builtin, load_files
+from distill.errors import DistillError
+from distill.evaluate.report import evaluate_models, print_summary
+from distill.models import build_model, export_model, load_saved, load_weights, output_size
+from distill.objective import Objective
+from distill.train import fit, mark_stage_done, stage_done
+
+TEACHER_SEED_OFFSET = 1000
+
+
+@dataclass
+class RunData:
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    input_shape: tuple[int, ...] | None
+    num_classes: int | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    student: nn.Module
+    teacher: nn.Module | None
+    baseline: nn.Module | None
+
+
+def load_data(recipe: Recipe) -> RunData:
+    spec = recipe.data
+    if spec.dataset is not None:
+        kwargs: dict[str, Any] = {"seed": recipe.seed}
+        if spec.val_size is not None:
+            kwargs["val_size"] = int(spec.val_size) if spec.val_size >= 1 else spec.val_size
+        if spec.num_samples is not None:
+            kwargs["num_samples"] = spec.num_samples
+        splits: ArraySplits = load_builtin(spec.dataset, **kwargs)
+    else:
+        assert spec.path is not None and spec.features is not None and spec.label is not None
+        splits = load_files(spec.path, features=spec.features, label=spec.label, test_path=spec.test_path,
+                            format=spec.format, seed=recipe.seed,
+                            **({"val_size": spec.val_size} if spec.val_size is not None else {}))
+    train_x, train_y = splits.train_x, splits.train_y
+    if spec.train_subset is not None:
+        train_x, train_y = train_x[: spec.train_subset], train_y[: spec.train_subset]
+    val = ArrayDataset(splits.val_x, splits.val_y) if len(splits.val_y) else None
+    if len(splits.test_y) == 0:
+        raise DistillError(f"dataset {splits.name!r} has an empty test split; nothing to evaluate on")
+    return RunData(ArrayDataset(train_x, train_y), val, ArrayDataset(splits.test_x, splits.test_y),
+                   tuple(splits.input_shape), splits.num_classes, {**splits.summary(), "train_used": len(train_y)})
+
+
+def _prepare_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> Path:
+    run_dir = Path(output or recipe.output.dir or Path("runs") / recipe.name)
+    saved = run_dir / "recipe.yaml"
+    current = recipe.model_dump(mode="json")
+    if saved.is_file():
+        if not resume:
+            raise DistillError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --output")
+        previous = yaml.safe_load(saved.read_text())
+        differing = _differences(previous, current, ignore={"output"})
+        if differing:
+            raise DistillError(f"cannot resume {run_dir}: the recipe differs from the one it was started with at "
+                               f"{', '.join(differing[:8])}. Resume with the same recipe, or start a new --output.")
+    elif resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise DistillError(f"cannot resume {run_dir}: it holds no recipe.yaml, so it is not a distill run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not saved.is_file():
+        temporary = saved.with_suffix(".partial")
+        temporary.write_text(recipe.to_yaml())
+        os.replace(temporary, saved)
+    return run_dir
+
+
+def _differences(old: Any, new: Any, prefix: str = "", ignore: set[str] = frozenset()) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new)):
+            if key in ignore and not prefix:
+                continue
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _check_classes(name: str, model: nn.Module, num_classes: int | None) -> None:
+    predicted = output_size(model)
+    if predicted is not None and num_classes is not None and predicted != num_classes:
+        raise DistillError(f"the {name} predicts {predicted} classes but the data has {num_classes}; teacher, "
+                           "student and data must share one label set")
+
+
+def _stage(name: str, model: nn.Module, spec: Any, data: RunData, *, objective: Objective, recipe: Recipe,
+           run_dir: Path, seed: int, resume: bool, teacher: nn.Module | None, training: Any,
+           show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
+    done = stage_done(run_dir, name)
+    if done is not None and resume:
+        if spec is not None:
+            return load_saved(run_dir / name), done
+        load_weights(model, run_dir / name)
+        return model.eval(), done
+    result = fit(model, data.train, objective=objective, training=training, stage=name, run_dir=run_dir,
+                 seed=seed, teacher=teacher, val_dataset=data.val, resume=resume, show_progress=show_progress)
+    export_model(result.model, spec, run_dir / name, input_shape=data.input_shape, num_classes=data.num_classes)
+    info = {"steps": result.steps, "wall_seconds": round(result.wall_seconds, 3),
+            "resumed_from_step": result.resumed_from_step}
+    mark_stage_done(run_dir, name, info)
+    return result.model, info
+
+
+def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | None = None, resume: bool = False,
+          overrides: list[str] | None = None, teacher: nn.Module | None = None, student: nn.Module | None = None,
+          data: RunData | None = None, show_progress: bool = True) -> RunResult:
+    """Run a recipe end to end. ``teacher``/``student`` (any ``nn.Module``) and ``data`` replace what the recipe
+    would build, for models and datasets that live in Python."""
+    started = time.perf_counter()
+    config = load_recipe(recipe, overrides)
+    if teacher is None and config.teacher.model is None and config.needs_teacher():
+        raise DistillError("teacher.model is not set and no teacher module was passed")
+    if student is None and config.student.model is None:
+        raise DistillError("student.model is not set and no student module was passed")
+    run_dir = _prepare_run_dir(config, output, resume)
+    data = data or load_data(config)
+    stages: dict[str, dict[str, Any]] = {}
+
+    # Teacher: given, loaded, or trained here on hard labels.
+    if teacher is None and config.teacher.model is not None:
+        torch.manual_seed(config.seed + TEACHER_SEED_OFFSET)
+        teacher = build_model(config.teacher.model, input_shape=data.input_shape, num_classes=data.num_classes)
+        if config.teacher.weights:
+            load_weights(teacher, config.teacher.weights)
+    if teacher is not None:
+        _check_classes("teacher", teacher, data.num_classes)
+        if config.teacher.train is not None:
+            teacher, stages["teacher"] = _stage(
+                "teacher", teacher, config.teacher.model, data, objective=Objective.hard_labels(), recipe=config,
+                run_dir=run_dir, seed=config.seed + TEACHER_SEED_OFFSET, resume=resume, teacher=None,
+                training=config.teacher.train, show_progress=show_progress)
+        teacher.eval().requires_grad_(False)
+
+    # Students: the same initial weights for the baseline and the distilled one, so only the objective differs.
+    if student is None:
+        torch.manual_seed(config.seed)
+        student = build_model(config.student.model, input_shape=data.input_shape, num_classes=data.num_classes)
+        if config.student.weights:
+            load_weights(student, config.student.weights)
+    _check_classes("student", student, data.num_classes)
+    if teacher is not None:
+        _check_classes("student (compared with the teacher)", student, output_size(teacher))
+    baseline = None
+    if config.baseline:
+        baseline, stages["baseline"] = _stage(
+            "baseline", copy.deepcopy(student), config.student.model, data, objective=Objective.hard_labels(),
+            recipe=config, run_dir=run_dir, seed=config.seed, resume=resume, teacher=None, training=config.training,
+            show_progress=show_progress)
+    student, stages["student"] = _stage(
+        "student", student, config.student.model, data, objective=Objective(config.objective), recipe=config,
+        run_dir=run_dir, seed=config.seed, resume=resume, teacher=teacher, training=config.training,
+        show_progress=show_progress)
+
+    models = {"teacher": teacher, "baseline": baseline, "student": student}
+    metrics = evaluate_models({name: model for name, model in models.items() if model is not None}, data.test,
+                              evaluation=config.evaluation)
+    metrics.update({
+        "recipe": config.name, "seed": config.seed, "steps": stages["student"]["steps"], "stages": stages,
+        "data": data.summary, "wall_seconds": round(time.perf_counter() - started, 3),
+    })
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    if show_progress:
+        print_summary(metrics, run_dir)
+    return RunResult(run_dir, metrics, student, teacher, baseline)

@@ -1,0 +1,302 @@
+"""The training loop, on Hugging Face Accelerate: one stage (teacher, baseline or student) of a run.
+
+Accelerate owns devices, DDP/FSDP wrapping, mixed precision and gradient accumulation; this file owns what a
+distillation step is (frozen teacher under ``no_grad``, objective of named terms), the data order, logging,
+evaluation, and atomic checkpoints that make ``--resume`` continue exactly where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from distill.augment import random_shift
+from distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_json_atomic
+from distill.config import TrainingConfig
+from distill.errors import DistillError
+from distill.evaluate.metrics import accuracy, predict_logits
+from distill.models import forward_logits
+from distill.objective import Objective
+
+DONE_FILE = "stage_done.json"
+
+
+class NonFiniteLoss(DistillError):
+    """A loss term became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class Interrupted(DistillError):
+    """Ctrl-C: a checkpoint was written and the run can be resumed."""
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone: the data order is a function of the step,
+    so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass
+class StageResult:
+    model: nn.Module
+    steps: int
+    wall_seconds: float
+    resumed_from_step: int | None
+
+
+def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(1.0, progress)
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return multiplier
+
+
+def make_optimizer(parameters: list[nn.Parameter], training: TrainingConfig) -> torch.optim.Optimizer:
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=training.lr, momentum=training.momentum, nesterov=training.nesterov
+                               and training.momentum > 0, weight_decay=training.weight_decay)
+    optimizer_class = torch.optim.AdamW if training.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(parameters, lr=training.lr, weight_decay=training.weight_decay)
+
+
+def resolve_mixed_precision(setting: str, device: str) -> str:
+    if setting != "auto":
+        return setting
+    if device != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def make_accelerator(training: TrainingConfig) -> Accelerator:
+    # Each stage may ask for its own precision/accumulation; Accelerate keeps them in a process-wide singleton,
+    # so it is reset between stages (the distributed process group, held by PartialState, is kept).
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    # A PartialState made earlier without cpu=True on a GPU-less machine ignores the launcher; rebuild it then.
+    stale = bool(PartialState._shared_state) and PartialState().num_processes != launched_processes
+    AcceleratorState._reset_state(reset_partial_state=stale)
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(training.mixed_precision, training.device),
+        # Under torchrun on a machine without a GPU, Accelerate only sets up CPU DDP (gloo) when told cpu=True.
+        cpu=training.device == "cpu" or not torch.cuda.is_available(),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=training.grad_accum,
+                                                                sync_with_dataloader=False),
+    )
+
+
+class RunLog:
+    """``log.jsonl``: one line per logged step, every loss term by name. On resume, lines past the checkpoint
+    are dropped, so the log reads like an uninterrupted run's."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, stage: str, step: int) -> None:
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and not (json.loads(line).get("stage") == stage and json.loads(line).get("step", 0) > step)]
+        temporary = self.path.with_suffix(".partial")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        temporary.replace(self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to checkpoint and stop at the next step boundary; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+            for key, value in batch.items()}
+
+
+def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, training: TrainingConfig, stage: str,
+        run_dir: Path, seed: int, teacher: nn.Module | None = None, val_dataset: Dataset | None = None,
+        resume: bool = False, show_progress: bool = True) -> StageResult:
+    """Train ``model`` on ``train_dataset`` with ``objective`` (against ``teacher`` when it needs one).
+
+    Writes checkpoints to ``run_dir/checkpoints/<stage>`` and log lines to ``run_dir/log.jsonl``; with
+    ``resume`` it continues from the newest complete checkpoint of this stage."""
+    if objective.needs_teacher and teacher is None:
+        raise DistillError(f"stage {stage!r}: the objective compares with a teacher, and none was given")
+    started = time.perf_counter()
+    accelerator = make_accelerator(training)
+    set_seed(seed, device_specific=True)
+    checkpoint_dir = run_dir / "checkpoints" / stage
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(run_dir / "log.jsonl", accelerator.is_main_process)
+
+    size = len(train_dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise DistillError(f"stage {stage!r}: the training set is empty")
+    examples_per_step = training.batch_size * training.grad_accum * accelerator.num_processes
+    if size < examples_per_step:
+        raise DistillError(f"stage {stage!r}: the training set has {size} examples, fewer than one optimizer step "
+                           f"needs ({examples_per_step} = batch_size x grad_accum x processes); lower "
+                           "training.batch_size")
+    loader = DataLoader(train_dataset, batch_size=training.batch_size, sampler=EpochSampler(size, seed),
+                        drop_last=True)
+    model.train()
+    optimizer = make_optimizer([parameter for parameter in model.parameters() if parameter.requires_grad], training)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = len(loader) // training.grad_accum
+    total_steps = training.max_steps or max(1, math.ceil((training.epochs or 1) * steps_per_epoch))
+    warmup = training.warmup_steps if training.warmup_steps is not None else int(training.warmup_ratio * total_steps)
+    # The scheduler is stepped here, once per optimizer step, rather than by Accelerate (which steps it once per
+    # process to stretch a single-process schedule): our total_steps already counts steps across processes.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_multiplier(training.schedule, warmup, total_steps))
+    if teacher is not None:
+        teacher.to(accelerator.device).eval().requires_grad_(False)
+    unwrapped = accelerator.unwrap_model(model)
+
+    step, resumed_from = 0, None
+    checkpoints = list_checkpoints(checkpoint_dir)
+    if resume and checkpoints:
+        state = load_checkpoint(checkpoints[-1], model=unwrapped, optimizer=optimizer.optimizer, scheduler=scheduler,
+                                process_index=accelerator.process_index)
+        step = resumed_from = int(state["step"])
+        log.truncate_after(stage, step)
+    elif checkpoints and not resume:
+        raise DistillError(f"{checkpoint_dir} already holds checkpoints; pass --resume to continue, or choose "
+                           "another --output")
+    eval_every = training.eval_every or steps_per_epoch
+    checkpoint_every = training.checkpoint_every or steps_per_epoch
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_dir, step=step, model=unwrapped, optimizer=optimizer.optimizer, scheduler=scheduler,
+                        state={"stage": stage, "total_steps": total_steps}, process_index=accelerator.process_index,
+                        is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone,
+                        keep=training.keep_checkpoints)
+
+    window: dict[str, Tensor] = {}
+    window_steps = 0
+    progress = Progress(TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        disable=not (show_progress and accelerator.is_main_process), transient=False)
+    task = progress.add_task("train", total=total_steps, completed=step, stage=stage, losses="")
+    with progress, _StopFlag() as stop:
+        while step < total_steps:
+            epoch, micro_offset = divmod(step * training.grad_accum, steps_per_epoch * training.grad_accum)
+            loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, micro_offset) if micro_offset else loader
+            for micro_index, batch in enumerate(batches, start=micro_offset):
+                if micro_index >= steps_per_epoch * training.grad_accum:
+                    break  # the epoch's tail that does not fill an optimizer step is dropped
+                batch = _to_device(batch, accelerator.device)
+                if training.augment.shift and "inputs" in batch:
+                    batch["inputs"] = random_shift(batch["inputs"], training.augment.shift)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        student_signals = {"logits": forward_logits(model, batch)}
+                        teacher_signals = None
+                        if objective.needs_teacher:
+                            with torch.no_grad():
+                                teacher_signals = {"logits": forward_logits(teacher, batch)}
+                    total, terms = objective(student_signals, teacher_signals, batch.get("labels"))
+                    if not torch.isfinite(total):
+                        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+                        kept = list_checkpoints(checkpoint_dir)
+                        raise NonFiniteLoss(
+                            f"stage {stage!r}: loss term {', '.join(map(repr, bad)) or 'total'} became "
+                            f"{'NaN' if torch.isnan(total) else 'infinite'} at step {step + 1}; training stopped. "
+                            + (f"The last good checkpoint is {kept[-1]} (resume from it with --resume after "
+                               "lowering training.lr or fixing the data)." if kept else "No checkpoint was written yet."))
+                    accelerator.backward(total)
+                    if accelerator.sync_gradients and training.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for name, value in (("loss", total), *terms.items()):
+                    key = name if name == "loss" else f"loss/{name}"
+                    window[key] = window.get(key, 0) + value.detach().float() / training.grad_accum
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                window_steps += 1
+                if step % training.log_every == 0 or step == total_steps:
+                    record = {key: round(float(value) / window_steps, 6) for key, value in window.items()}
+                    log.write({"stage": stage, "step": step, "epoch": round(step / steps_per_epoch, 4),
+                               "lr": scheduler.get_last_lr()[0], **record})
+                    progress.update(task, losses="  ".join(f"{key.removeprefix('loss/')}={value:.4f}"
+                                                           for key, value in record.items()))
+                    window, window_steps = {}, 0
+                if val_dataset is not None and (step % eval_every == 0 or step == total_steps):
+                    val_logits, val_labels = predict_logits(unwrapped, val_dataset, device=accelerator.device)
+                    log.write({"stage": stage, "step": step, "eval/accuracy": accuracy(val_logits, val_labels),
+                               "eval/loss": torch.nn.functional.cross_entropy(val_logits, val_labels).item()})
+                    unwrapped.train()
+                if step % checkpoint_every == 0 or step == total_steps or stop.requested:
+                    checkpoint()
+                progress.update(task, completed=step)
+                if stop.requested:
+                    raise Interrupted(f"stage {stage!r} interrupted at step {step}; checkpoint written to "
+                                      f"{checkpoint_dir}. Continue with --resume.")
+                if step >= total_steps:
+                    break
+    accelerator.wait_for_everyone()
+    unwrapped.eval()
+    return StageResult(unwrapped, step, time.perf_counter() - started, resumed_from)
+
+
+def mark_stage_done(run_dir: Path, stage: str, info: dict[str, Any]) -> None:
+    write_json_atomic(run_dir / stage / DONE_FILE, info)
+
+
+def stage_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    path = run_dir / stage / DONE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
