@@ -8,7 +8,7 @@ from safetensors.torch import save_model
 
 from distill.config import ObjectiveConfig, TrainingConfig
 from distill.objective import Objective
-from distill.train import fit
+from distill.trainer import fit
 from helpers import blobs, mlp
 
 output, batch_size = Path(sys.argv[1]), int(sys.argv[2])

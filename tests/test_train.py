@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from distill.config import ObjectiveConfig, TrainingConfig
 from distill.errors import DistillError
 from distill.objective import Objective
-from distill.train import NonFiniteLoss, fit
+from distill.trainer import NonFiniteLoss, fit
 from helpers import blobs, flat_parameters, mlp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -201,14 +201,3 @@ def forward_logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     """Run a model on a batch: tensor datasets give ``{"inputs", "labels"}``, tokenised ones keyword inputs."""
     output = model(batch["inputs"]) if "inputs" in batch else model(**model_inputs(batch))
     return output.logits if hasattr(output, "logits") else output
-
-
-def output_size(model: nn.Module) -> int | None:
-    """Number of classes a classifier predicts, where it can be read off the model."""
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "num_labels", None):
-        return int(config.num_labels)
-    head = getattr(model, "head", None)
-    if head is None and isinstance(getattr(model, "net", None), nn.Sequential):
-        head = model.net[-1]
-    return int(head.out_features) if isinstance(head, nn.Linear) else None

@@ -17,16 +17,16 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from distill.checkpoint import write_json_atomic
 from distill.config import Recipe, load_recipe
 from distill.data import ArrayDataset, ArraySplits, load_builtin, load_files
 from distill.errors import DistillError
 from distill.evaluate.report import evaluate_models, print_summary
-from distill.models import build_model, export_model, load_saved, load_weights, output_size
+from distill.models import build_model, export_model, forward_logits, load_saved, load_weights
 from distill.objective import Objective
-from distill.train import fit, mark_stage_done, stage_done
+from distill.trainer import fit, mark_stage_done, stage_done
 
 TEACHER_SEED_OFFSET = 1000
 
@@ -107,11 +107,32 @@ def _differences(old: Any, new: Any, prefix: str = "", ignore: set[str] = frozen
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _check_classes(name: str, model: nn.Module, num_classes: int | None) -> None:
-    predicted = output_size(model)
-    if predicted is not None and num_classes is not None and predicted != num_classes:
-        raise DistillError(f"the {name} predicts {predicted} classes but the data has {num_classes}; teacher, "
-                           "student and data must share one label set")
+def _check_outputs(models: dict[str, nn.Module | None], data: RunData) -> None:
+    """Run every model on two training samples before any training: teacher, student and data must agree on
+    the number of classes, and a model that cannot take the inputs fails here, not after an hour."""
+    probe = default_collate([data.train[index] for index in range(min(2, len(data.train)))])  # type: ignore[arg-type]
+    sizes = {}
+    for name, model in models.items():
+        if model is None:
+            continue
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                sizes[name] = int(forward_logits(model, probe).shape[-1])
+        except Exception as error:  # any failure here is the user's model meeting the user's data
+            raise DistillError(f"the {name} cannot run on the training inputs (shape "
+                               f"{tuple(probe['inputs'].shape) if 'inputs' in probe else 'tokenised'}): {error}"
+                               .split("\n")[0]) from None
+        finally:
+            model.train(was_training)
+    expected = data.num_classes
+    for name, size in sizes.items():
+        if expected is not None and size != expected:
+            raise DistillError(f"the {name} predicts {size} classes but the data has {expected}; teacher, student "
+                               "and data must share one label set")
+    if len(set(sizes.values())) > 1:
+        raise DistillError(f"teacher and student predict different numbers of classes: {sizes}")
 
 
 def _stage(name: str, model: nn.Module, spec: Any, data: RunData, *, objective: Objective, recipe: Recipe,
@@ -153,8 +174,8 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         teacher = build_model(config.teacher.model, input_shape=data.input_shape, num_classes=data.num_classes)
         if config.teacher.weights:
             load_weights(teacher, config.teacher.weights)
+    _check_outputs({"teacher": teacher}, data)
     if teacher is not None:
-        _check_classes("teacher", teacher, data.num_classes)
         if config.teacher.train is not None:
             teacher, stages["teacher"] = _stage(
                 "teacher", teacher, config.teacher.model, data, objective=Objective.hard_labels(), recipe=config,
@@ -168,9 +189,7 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         student = build_model(config.student.model, input_shape=data.input_shape, num_classes=data.num_classes)
         if config.student.weights:
             load_weights(student, config.student.weights)
-    _check_classes("student", student, data.num_classes)
-    if teacher is not None:
-        _check_classes("student (compared with the teacher)", student, output_size(teacher))
+    _check_outputs({"teacher": teacher, "student": student}, data)
     baseline = None
     if config.baseline:
         baseline, stages["baseline"] = _stage(

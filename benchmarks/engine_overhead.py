@@ -1,0 +1,275 @@
+"""Engine overhead: per-step time of ``distill.trainer.fit`` against a minimal hand-written PyTorch loop.
+
+Setting (Hinton et al. 2015, MNIST): teacher MLP 784-1200-1200-10 (dropout 0.5, input dropout 0.2; in eval mode),
+student MLP 784-800-800-10, a fixed 10,000-sample subset of the MNIST training split, batch 100, SGD momentum 0.9
+nesterov, constant lr 0.05, KD objective alpha=0.9, T=20 (soft_kl + cross_entropy), fp32 on CPU.
+
+Three loops, each run with max_steps = S and = 2S from scratch (fresh models, optimizer, data loader; ``fit`` gets a
+fresh run_dir), per-step time = (t_2S - t_S) / S, so setup (Accelerator, optimizer, the final checkpoint, ...)
+cancels and everything a step does -- including the per-step bookkeeping of ``fit``, its logging every 10 steps,
+the isfinite check, the LR scheduler and the progress bar -- is counted:
+
+* ours: ``distill.trainer.fit`` (log_every=10, no validation set, checkpoint_every larger than the run so only the
+  final checkpoint is written, show_progress=True as the CLI uses it; its bar goes to an in-memory console).
+* hand: DataLoader(shuffle, drop_last), teacher.eval() under no_grad, the same pure loss functions from
+  ``distill.losses.logits``, backward, optimizer.step, zero_grad(set_to_none=True), ``loss.item()`` every 10 steps.
+* ce: the hand loop training the student alone on plain cross-entropy (no teacher): KD step / CE step is the
+  teacher's cost.
+
+Loops alternate within each round (the order rotates from round to round); ratios are computed per round.
+
+    .venv/bin/python benchmarks/engine_overhead.py [--rounds 5] [--steps 100] [--threads N] [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import importlib
+import io
+import json
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from distill.config import ObjectiveConfig, TrainingConfig
+from distill.data import ArrayDataset, load_builtin
+from distill.losses.logits import cross_entropy, soft_kl
+from distill.models import MLP
+from distill.objective import Objective
+
+# The training loop lives in distill.trainer (formerly distill.train, a name the package's `train` function shadows).
+try:
+    train_module = importlib.import_module("distill.trainer")
+except ModuleNotFoundError:
+    train_module = importlib.import_module("distill.train")
+RESULTS = Path(__file__).parent / "results" / "engine_overhead.json"
+SUBSET, BATCH, LR, MOMENTUM, ALPHA, TEMPERATURE, LOG_EVERY = 10_000, 100, 0.05, 0.9, 0.9, 20.0, 10
+SEED = 0
+WARMUP = 10  # steps run before the timed window (method 'window')
+
+
+def make_teacher() -> torch.nn.Module:
+    return MLP(784, [1200, 1200], 10, dropout=0.5, input_dropout=0.2)
+
+
+def make_student() -> torch.nn.Module:
+    return MLP(784, [800, 800], 10)
+
+
+def make_sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True)
+
+
+def timed_multiplier(stamps: list[float]):
+    """Wrap ``lr_multiplier`` so that every call (LambdaLR calls it once per ``scheduler.step()``, i.e. once per
+    optimizer step, after the step's own work) records a timestamp."""
+    original = train_module.lr_multiplier
+
+    def make(*args, **kwargs):
+        multiplier = original(*args, **kwargs)
+
+        def timed(step: int) -> float:
+            stamps.append(time.perf_counter())
+            return multiplier(step)
+        return timed
+    return make
+
+
+def run_ours(dataset: ArrayDataset, teacher: torch.nn.Module, steps: int) -> tuple[float, list[float]]:
+    """One ``fit`` call of ``steps`` optimizer steps: (seconds for the whole call, one timestamp per step)."""
+    student = make_student()
+    training = TrainingConfig(max_steps=steps, batch_size=BATCH, optimizer="sgd", lr=LR, momentum=MOMENTUM,
+                              nesterov=True, schedule="constant", mixed_precision="no", device="cpu",
+                              log_every=LOG_EVERY, checkpoint_every=10 * steps)
+    objective = Objective(ObjectiveConfig(alpha=ALPHA, temperature=TEMPERATURE))
+    stamps: list[float] = []
+    original = train_module.lr_multiplier
+    train_module.lr_multiplier = timed_multiplier(stamps)
+    try:
+        with tempfile.TemporaryDirectory(prefix="engine_overhead_") as run_dir:
+            started = time.perf_counter()
+            train_module.fit(student, dataset, objective=objective, training=training, stage="student",
+                             run_dir=Path(run_dir), seed=SEED, teacher=teacher, show_progress=True)
+            elapsed = time.perf_counter() - started
+    finally:
+        train_module.lr_multiplier = original
+    return elapsed, stamps[1:]  # stamps[0]: LambdaLR's initial call at construction (setup)
+
+
+def run_hand(dataset: ArrayDataset, teacher: torch.nn.Module | None, steps: int) -> tuple[float, list[float]]:
+    """A minimal loop of ``steps`` steps, KD against ``teacher`` or plain CE when it is None:
+    (seconds for the whole call, one timestamp per step, taken after zero_grad as ``fit``'s is after its step)."""
+    student = make_student()
+    torch.manual_seed(SEED)
+    stamps: list[float] = []
+    started = time.perf_counter()
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
+    optimizer = make_sgd(student)
+    student.train()
+    if teacher is not None:
+        teacher.eval()
+    step = 0
+    while step < steps:
+        for batch in loader:
+            inputs, labels = batch["inputs"], batch["labels"]
+            logits = student(inputs)
+            if teacher is None:
+                loss = cross_entropy(logits, labels)
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(inputs)
+                loss = (ALPHA * soft_kl(logits, teacher_logits, temperature=TEMPERATURE)
+                        + (1 - ALPHA) * cross_entropy(logits, labels))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stamps.append(time.perf_counter())
+            step += 1
+            if step % LOG_EVERY == 0:
+                loss.item()
+            if step >= steps:
+                break
+    return time.perf_counter() - started, stamps
+
+
+def per_step_ms(run: Callable[[int], tuple[float, list[float]]], steps: int, method: str) -> float:
+    if method == "difference":  # (t_2S - t_S) / S over whole calls: setup and the final checkpoint cancel
+        return (run(2 * steps)[0] - run(steps)[0]) / steps * 1000
+    # "window": one call of WARMUP + S steps; the S steps after the first WARMUP ones, timed from inside
+    _, stamps = run(WARMUP + steps)
+    assert len(stamps) == WARMUP + steps, len(stamps)
+    return (stamps[-1] - stamps[WARMUP - 1]) / steps * 1000
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def print_table(rows: list[tuple[str, dict[str, float], str]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain fallback
+        print(f"{'':28} {'median':>9} {'mean':>9} {'std':>8}")
+        for name, stats, unit in rows:
+            print(f"{name:28} {stats['median']:9.3f} {stats['mean']:9.3f} {stats['std']:8.3f} {unit}")
+        return
+    table = Table(title="Engine overhead (per optimizer step)")
+    for column in ("", "median", "mean ± std", "unit"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name, stats, unit in rows:
+        table.add_row(name, f"{stats['median']:.3f}", f"{stats['mean']:.3f} ± {stats['std']:.3f}", unit)
+    Console().print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--steps", type=int, default=100, help="S: each loop runs S and 2S steps (default 100)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--method", choices=["window", "difference"], default="window",
+                        help="window (default): time S steps after 10 warm-up steps inside one run; difference: "
+                             "(t_2S - t_S) / S over whole runs")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 20 steps, no JSON written")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 2, 20
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+
+    # fit's progress bar is kept (as the CLI shows it) but drawn to an in-memory console, so it does not mix
+    # with this script's output; the rich Live refresh thread still runs as it does in a terminal.
+    from rich.console import Console
+    original_progress = train_module.Progress
+
+    def progress_to_memory(*columns, **kwargs):
+        kwargs.setdefault("console", Console(file=io.StringIO(), force_terminal=True, width=120))
+        return original_progress(*columns, **kwargs)
+
+    train_module.Progress = progress_to_memory
+
+    print(f"torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; rounds={args.rounds}, S={args.steps}", flush=True)
+    splits = load_builtin("mnist")
+    dataset = ArrayDataset(splits.train_x[:SUBSET], splits.train_y[:SUBSET])
+    torch.manual_seed(SEED)
+    teacher = make_teacher()  # untrained: its weights do not change the cost of a step
+    teacher.eval().requires_grad_(False)
+
+    loops: dict[str, Callable[[int], tuple[float, list[float]]]] = {
+        "ours": lambda steps: run_ours(dataset, teacher, steps),
+        "hand": lambda steps: run_hand(dataset, teacher, steps),
+        "ce": lambda steps: run_hand(dataset, None, steps),
+    }
+    print("warm-up ...", flush=True)
+    for run in loops.values():
+        run(10)
+
+    names = list(loops)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(args.rounds):
+        order = names[index % len(names):] + names[:index % len(names)]
+        for name in order:
+            results[name].append(per_step_ms(loops[name], args.steps, args.method))
+        print(f"round {index + 1}/{args.rounds}: " + "  ".join(f"{name} {results[name][-1]:.2f} ms/step"
+                                                               for name in names)
+              + f"  ours/hand {results['ours'][-1] / results['hand'][-1]:.3f}", flush=True)
+
+    overhead = [ours / hand for ours, hand in zip(results["ours"], results["hand"])]
+    kd_over_ce = [hand / ce for hand, ce in zip(results["hand"], results["ce"])]
+    stats = {name: summary(values) for name, values in results.items()}
+    overhead_stats, kd_stats = summary(overhead), summary(kd_over_ce)
+    print_table([("ours: distill.trainer.fit (KD)", stats["ours"], "ms"),
+                 ("hand: minimal loop (KD)", stats["hand"], "ms"),
+                 ("ce: student alone (CE)", stats["ce"], "ms"),
+                 ("ours / hand", overhead_stats, "×"),
+                 ("KD / CE (hand)", kd_stats, "×")])
+    verdict = "meets" if overhead_stats["median"] <= 1.05 else "misses"
+    print(f"overhead ours/hand = {overhead_stats['median']:.3f} (median): {verdict} the goal <= 1.05", flush=True)
+
+    record = {
+        "overhead_ratio": round(overhead_stats["median"], 4),
+        "overhead_ratio_mean": round(overhead_stats["mean"], 4),
+        "overhead_ratio_std": round(overhead_stats["std"], 4),
+        "ours_step_ms": round(stats["ours"]["median"], 3),
+        "hand_step_ms": round(stats["hand"]["median"], 3),
+        "ce_step_ms": round(stats["ce"]["median"], 3),
+        "kd_over_ce_ratio": round(kd_stats["median"], 4),
+        "ours_step_ms_mean": round(stats["ours"]["mean"], 3), "ours_step_ms_std": round(stats["ours"]["std"], 3),
+        "hand_step_ms_mean": round(stats["hand"]["mean"], 3), "hand_step_ms_std": round(stats["hand"]["std"], 3),
+        "ce_step_ms_mean": round(stats["ce"]["mean"], 3), "ce_step_ms_std": round(stats["ce"]["std"], 3),
+        "kd_over_ce_ratio_mean": round(kd_stats["mean"], 4), "kd_over_ce_ratio_std": round(kd_stats["std"], 4),
+        "per_round_ms": {name: [round(value, 3) for value in values] for name, values in results.items()},
+        "method": args.method,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "threads": threads,
+        "torch_version": torch.__version__,
+        "device": f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+        "command": "python benchmarks/engine_overhead.py " + shlex.join(sys.argv[1:]),
+    }
+    if args.quick:
+        print("--quick: results not written", flush=True)
+        return
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
