@@ -153,6 +153,34 @@ def per_step_ms(run: Callable[[int], tuple[float, list[float]]], steps: int, met
     return (stamps[-1] - stamps[WARMUP - 1]) / steps * 1000
 
 
+def _busy_jiffies() -> int | None:
+    """Non-idle CPU time of the whole machine (Linux /proc/stat), in clock ticks; None elsewhere."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
+
+
+class ForeignLoad:
+    """Share of the machine's CPU time that other processes used while the block ran (0..1; None off Linux).
+    The machine is shared: a round during which other work ran is retried, as its timings mean little."""
+
+    def __enter__(self) -> "ForeignLoad":
+        self.busy, self.own, self.wall = _busy_jiffies(), sum(os.times()[:2]), time.perf_counter()
+        self.share: float | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy = _busy_jiffies()
+        if busy is None or self.busy is None:
+            return
+        ticks = os.sysconf("SC_CLK_TCK")
+        wall = time.perf_counter() - self.wall
+        foreign = (busy - self.busy) / ticks - (sum(os.times()[:2]) - self.own)
+        self.share = max(0.0, foreign) / (wall * (os.cpu_count() or 1))
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
@@ -183,6 +211,10 @@ def main() -> None:
     parser.add_argument("--method", choices=["window", "difference"], default="window",
                         help="window (default): time S steps after 10 warm-up steps inside one run; difference: "
                              "(t_2S - t_S) / S over whole runs")
+    parser.add_argument("--max-foreign-load", type=float, default=0.1,
+                        help="retry a round when other processes used more than this share of the CPUs (Linux)")
+    parser.add_argument("--max-retries", type=int, default=30, help="discarded rounds allowed in all (default 30)")
+    parser.add_argument("--retry-wait", type=float, default=5.0, help="seconds to wait before a retry")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 20 steps, no JSON written")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args()
@@ -222,13 +254,23 @@ def main() -> None:
 
     names = list(loops)
     results: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(args.rounds):
+    retried, index = 0, 0
+    while index < args.rounds:
         order = names[index % len(names):] + names[:index % len(names)]
-        for name in order:
-            results[name].append(per_step_ms(loops[name], args.steps, args.method))
-        print(f"round {index + 1}/{args.rounds}: " + "  ".join(f"{name} {results[name][-1]:.2f} ms/step"
-                                                               for name in names)
-              + f"  ours/hand {results['ours'][-1] / results['hand'][-1]:.3f}", flush=True)
+        with ForeignLoad() as load:
+            round_ms = {name: per_step_ms(loops[name], args.steps, args.method) for name in order}
+        line = ("  ".join(f"{name} {round_ms[name]:.2f} ms/step" for name in names)
+                + f"  ours/hand {round_ms['ours'] / round_ms['hand']:.3f}"
+                + (f"  (other load {load.share:.0%})" if load.share is not None else ""))
+        if load.share is not None and load.share > args.max_foreign_load and retried < args.max_retries:
+            retried += 1
+            print(f"round {index + 1}/{args.rounds} discarded, other processes were busy: {line}", flush=True)
+            time.sleep(args.retry_wait)
+            continue
+        for name in names:
+            results[name].append(round_ms[name])
+        index += 1
+        print(f"round {index}/{args.rounds}: {line}", flush=True)
 
     overhead = [ours / hand for ours, hand in zip(results["ours"], results["hand"])]
     kd_over_ce = [hand / ce for hand, ce in zip(results["hand"], results["ce"])]
@@ -256,6 +298,7 @@ def main() -> None:
         "kd_over_ce_ratio_mean": round(kd_stats["mean"], 4), "kd_over_ce_ratio_std": round(kd_stats["std"], 4),
         "per_round_ms": {name: [round(value, 3) for value in values] for name, values in results.items()},
         "method": args.method,
+        "rounds_discarded_for_load": retried,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "threads": threads,

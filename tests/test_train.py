@@ -69,7 +69,7 @@ def test_nan_loss_stops_names_term_and_keeps_last_good_checkpoint(tmp_path):
     config = TrainingConfig(optimizer="sgd", lr=0.1, batch_size=16, max_steps=20, checkpoint_every=4)
     with pytest.raises(NonFiniteLoss) as caught:
         fit(mlp(), blobs(), objective=KD, training=config, stage="student", run_dir=tmp_path, seed=0,
-            teacher=NaNAfter(mlp(hidden=32, seed=1), calls=10), show_progress=False)
+            teacher=NaNAfter(mlp(hidden=32, seed=1), calls=11), show_progress=False)  # one call is the probe
     message = str(caught.value)
     assert "'soft'" in message and "'hard'" not in message and "step 11" in message
     assert "step-00000008" in message

@@ -1,7 +1,8 @@
 """The objective: a weighted sum of named terms, each a registered loss over named signals.
 
-``Objective(config)(student_signals, teacher_signals, labels)`` returns the total and every term by name (the
-unweighted value), so the trainer logs each one without knowing what they are.
+``objective(student_signals, teacher_signals, labels)`` returns the total and every term by name (unweighted),
+so the trainer logs each one without knowing what they are. The objective is a module because it owns the
+adapters (learned projections) of terms whose student and teacher signals differ in width.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from distill.adapters import make_adapter
 from distill.config import ObjectiveConfig, TermConfig
 from distill.errors import DistillError
 from distill.losses import SOFTENING_TEMPERATURE, LossInfo, get_loss
@@ -26,8 +28,9 @@ class Term:
     options: dict[str, Any]
 
 
-class Objective:
+class Objective(nn.Module):
     def __init__(self, config: ObjectiveConfig):
+        super().__init__()
         self.terms: list[Term] = []
         for term in config.terms:
             info = get_loss(term.loss)
@@ -37,6 +40,7 @@ class Objective:
             elif info.name in SOFTENING_TEMPERATURE:
                 options["temperature"] = config.temperature
             self.terms.append(Term(term.display_name, term.weight, info, term.student, term.teacher, options))
+        self.adapters = nn.ModuleDict()
 
     @classmethod
     def hard_labels(cls) -> "Objective":
@@ -47,33 +51,63 @@ class Objective:
     def needs_teacher(self) -> bool:
         return any(term.loss.needs_teacher for term in self.terms)
 
-    @property
-    def needs_labels(self) -> bool:
-        return any("labels" in term.loss.inputs for term in self.terms)
-
     def signals(self, role: str) -> set[str]:
         """Names of the signals this objective reads from the student or the teacher."""
         attribute = "student_signal" if role == "student" else "teacher_signal"
         return {getattr(term, attribute) for term in self.terms if role in term.loss.inputs}
 
-    def __call__(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
-                 labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    def _arguments(self, term: Term, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
+                   labels: Tensor | None) -> list[Tensor]:
+        arguments = []
+        for role in term.loss.inputs:
+            if role == "student":
+                value = student_signals[term.student_signal]
+                if term.name in self.adapters:
+                    value = self.adapters[term.name](value)
+                arguments.append(value)
+            elif role == "teacher":
+                if teacher_signals is None:
+                    raise DistillError(f"objective term {term.name!r} needs a teacher, and there is none")
+                arguments.append(teacher_signals[term.teacher_signal])
+            else:
+                if labels is None:
+                    raise DistillError(f"objective term {term.name!r} needs labels, and the batch has none")
+                arguments.append(labels)
+        return arguments
+
+    def build_adapters(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
+                       labels: Tensor | None) -> None:
+        """Try every term on a probe batch; give a term an adapter when its shapes need one, and fail now,
+        naming the term and both shapes, when none can reconcile them."""
+        for term in self.terms:
+            if not term.loss.needs_teacher or term.name in self.adapters:
+                continue
+            arguments = self._arguments(term, student_signals, teacher_signals, labels)
+            try:
+                term.loss.fn(*arguments, **term.options)
+                continue
+            except ValueError as error:
+                first_error = str(error)
+            student, teacher = student_signals[term.student_signal], teacher_signals[term.teacher_signal]  # type: ignore[index]
+            adapter = make_adapter(student, teacher)
+            if adapter is None:
+                raise DistillError(f"objective term {term.name!r}: student signal {term.student_signal!r} "
+                                   f"{tuple(student.shape)} and teacher signal {term.teacher_signal!r} "
+                                   f"{tuple(teacher.shape)} cannot be compared and no projection can reconcile "
+                                   f"them ({first_error})")
+            self.adapters[term.name] = adapter.to(student.device)
+            try:
+                term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels), **term.options)
+            except ValueError as error:
+                raise DistillError(f"objective term {term.name!r}: even after a projection the signals do not fit "
+                                   f"the {term.loss.name!r} loss: {error}") from None
+
+    def forward(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
+                labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         values: dict[str, Tensor] = {}
         total: Tensor | None = None
         for term in self.terms:
-            arguments = []
-            for role in term.loss.inputs:
-                if role == "student":
-                    arguments.append(student_signals[term.student_signal])
-                elif role == "teacher":
-                    if teacher_signals is None:
-                        raise DistillError(f"objective term {term.name!r} needs a teacher, and there is none")
-                    arguments.append(teacher_signals[term.teacher_signal])
-                else:
-                    if labels is None:
-                        raise DistillError(f"objective term {term.name!r} needs labels, and the batch has none")
-                    arguments.append(labels)
-            value = term.loss.fn(*arguments, **term.options)
+            value = term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels), **term.options)
             values[term.name] = value
             weighted = value * term.weight
             total = weighted if total is None else total + weighted

@@ -22,14 +22,14 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from distill.augment import random_shift
+from distill.capture import SignalCapture
 from distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_json_atomic
 from distill.config import TrainingConfig
 from distill.errors import DistillError
 from distill.evaluate.metrics import accuracy, predict_logits
-from distill.models import forward_logits
 from distill.objective import Objective
 
 DONE_FILE = "stage_done.json"
@@ -59,6 +59,42 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+class DistillationStep(nn.Module):
+    """The trainable part of a step: the student, its signal capture and the objective (with its adapters).
+    One module, so DDP/FSDP wrap and synchronise the adapters with the student."""
+
+    def __init__(self, student: nn.Module, capture: SignalCapture, objective: Objective):
+        super().__init__()
+        self.student, self.objective = student, objective
+        self.capture = capture
+
+    def forward(self, batch: dict[str, Any], teacher_signals: dict[str, Tensor] | None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        student_signals = self.capture.forward(self.student, batch)
+        return self.objective(student_signals, teacher_signals, batch.get("labels"))
+
+
+def _probe_batch(dataset: Dataset) -> dict[str, Any]:
+    return default_collate([dataset[index] for index in range(min(2, len(dataset)))])  # type: ignore[arg-type]
+
+
+def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | None, probe: dict[str, Any]
+                 ) -> tuple[DistillationStep, SignalCapture | None]:
+    """Hook both models for the signals the objective reads and build adapters from a probe batch, before any
+    training: an unknown module path or shapes no projection can reconcile fail here."""
+    student_capture = SignalCapture(model, objective.signals("student"), role="student")
+    teacher_capture = (SignalCapture(teacher, objective.signals("teacher"), role="teacher")
+                       if objective.needs_teacher and teacher is not None else None)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        student_signals = student_capture.forward(model, probe)
+        teacher_signals = teacher_capture.forward(teacher, probe) if teacher_capture is not None else None
+    objective.build_adapters(student_signals, teacher_signals, probe.get("labels"))
+    model.train(was_training)
+    return DistillationStep(model, student_capture, objective), teacher_capture
 
 
 @dataclass
@@ -190,9 +226,13 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                            "training.batch_size")
     loader = DataLoader(train_dataset, batch_size=training.batch_size, sampler=EpochSampler(size, seed),
                         drop_last=True)
-    model.train()
-    optimizer = make_optimizer([parameter for parameter in model.parameters() if parameter.requires_grad], training)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    step_module, teacher_capture = prepare_step(model, objective, teacher, _probe_batch(train_dataset))
+    step_module.train()
+    optimizer = make_optimizer([parameter for parameter in step_module.parameters() if parameter.requires_grad],
+                               training)
+    wrapped, optimizer, loader = accelerator.prepare(step_module, optimizer, loader)
     steps_per_epoch = len(loader) // training.grad_accum
     total_steps = training.max_steps or max(1, math.ceil((training.epochs or 1) * steps_per_epoch))
     warmup = training.warmup_steps if training.warmup_steps is not None else int(training.warmup_ratio * total_steps)
@@ -200,8 +240,8 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
     # process to stretch a single-process schedule): our total_steps already counts steps across processes.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_multiplier(training.schedule, warmup, total_steps))
     if teacher is not None:
-        teacher.to(accelerator.device).eval().requires_grad_(False)
-    unwrapped = accelerator.unwrap_model(model)
+        teacher.to(accelerator.device)
+    unwrapped = accelerator.unwrap_model(wrapped)
 
     step, resumed_from = 0, None
     checkpoints = list_checkpoints(checkpoint_dir)
@@ -239,14 +279,13 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                 batch = _to_device(batch, accelerator.device)
                 if training.augment.shift and "inputs" in batch:
                     batch["inputs"] = random_shift(batch["inputs"], training.augment.shift)
-                with accelerator.accumulate(model):
+                with accelerator.accumulate(wrapped):
                     with accelerator.autocast():
-                        student_signals = {"logits": forward_logits(model, batch)}
                         teacher_signals = None
-                        if objective.needs_teacher:
+                        if teacher_capture is not None:
                             with torch.no_grad():
-                                teacher_signals = {"logits": forward_logits(teacher, batch)}
-                    total, terms = objective(student_signals, teacher_signals, batch.get("labels"))
+                                teacher_signals = teacher_capture.forward(teacher, batch)
+                        total, terms = wrapped(batch, teacher_signals)
                     if not torch.isfinite(total):
                         bad = [name for name, value in terms.items() if not torch.isfinite(value)]
                         kept = list_checkpoints(checkpoint_dir)
@@ -257,7 +296,7 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                                "lowering training.lr or fixing the data)." if kept else "No checkpoint was written yet."))
                     accelerator.backward(total)
                     if accelerator.sync_gradients and training.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+                        accelerator.clip_grad_norm_(wrapped.parameters(), training.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 for name, value in (("loss", total), *terms.items()):
@@ -276,10 +315,9 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                                                            for key, value in record.items()))
                     window, window_steps = {}, 0
                 if val_dataset is not None and (step % eval_every == 0 or step == total_steps):
-                    val_logits, val_labels = predict_logits(unwrapped, val_dataset, device=accelerator.device)
+                    val_logits, val_labels = predict_logits(unwrapped.student, val_dataset, device=accelerator.device)
                     log.write({"stage": stage, "step": step, "eval/accuracy": accuracy(val_logits, val_labels),
                                "eval/loss": torch.nn.functional.cross_entropy(val_logits, val_labels).item()})
-                    unwrapped.train()
                 if step % checkpoint_every == 0 or step == total_steps or stop.requested:
                     checkpoint()
                 progress.update(task, completed=step)
@@ -289,8 +327,11 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                 if step >= total_steps:
                     break
     accelerator.wait_for_everyone()
-    unwrapped.eval()
-    return StageResult(unwrapped, step, time.perf_counter() - started, resumed_from)
+    student_capture = unwrapped.capture
+    student_capture.remove()
+    if teacher_capture is not None:
+        teacher_capture.remove()
+    return StageResult(unwrapped.student.eval(), step, time.perf_counter() - started, resumed_from)
 
 
 def mark_stage_done(run_dir: Path, stage: str, info: dict[str, Any]) -> None:

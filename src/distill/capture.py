@@ -1,0 +1,145 @@
+"""Named signals from inside a model, taken with forward hooks: no model is edited or rewritten.
+
+A signal name is one of
+- ``logits``: the model's output (``output.logits`` for HF models, the tensor itself for plain modules);
+- an attribute of an HF model's output, optionally indexed: ``last_hidden_state``, ``pooler_output``,
+  ``hidden_states[3]``, ``attentions[-1]`` (the model is asked for hidden states / attentions only when needed);
+- ``mean_pooled``: the attention-mask-weighted mean of ``last_hidden_state`` (a sentence embedding);
+- a module path, ``encoder.layer.1`` (its output; the first element when it returns a tuple) or
+  ``encoder.layer.1:input`` (its first positional input).
+Hooks are registered once on the unwrapped model, so they keep working under DDP/FSDP wrapping.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import DistillError
+
+_INDEXED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>-?\d+)\]$")
+OUTPUT_ATTRIBUTES = {"last_hidden_state", "pooler_output", "hidden_states", "attentions", "logits"}
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    kind: str                  # "logits" | "output" | "mean_pooled" | "module"
+    attribute: str | None = None
+    index: int | None = None
+    path: str | None = None
+    use_input: bool = False
+
+
+def parse_signal(name: str) -> SignalSpec:
+    if name == "logits":
+        return SignalSpec(name, "logits")
+    if name == "mean_pooled":
+        return SignalSpec(name, "mean_pooled")
+    match = _INDEXED.match(name)
+    if match and match["name"] in OUTPUT_ATTRIBUTES:
+        return SignalSpec(name, "output", attribute=match["name"], index=int(match["index"]))
+    if name in OUTPUT_ATTRIBUTES:
+        return SignalSpec(name, "output", attribute=name)
+    path, _, suffix = name.partition(":")
+    if suffix not in ("", "input", "output"):
+        raise DistillError(f"signal {name!r}: after ':' only 'input' or 'output' is allowed")
+    return SignalSpec(name, "module", path=path, use_input=suffix == "input")
+
+
+def _first_tensor(value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    raise DistillError(f"captured value of type {type(value).__name__} holds no tensor")
+
+
+class SignalCapture:
+    """Reads the named signals of one model on each forward pass."""
+
+    def __init__(self, model: nn.Module, names: set[str] | list[str], *, role: str = "model"):
+        self.model, self.role = model, role
+        self.specs = [parse_signal(name) for name in sorted(set(names))]
+        self._captured: dict[str, Tensor] = {}
+        self._handles = []
+        module_names = dict(model.named_modules())
+        for spec in self.specs:
+            if spec.kind != "module":
+                continue
+            if spec.path not in module_names:
+                close = difflib.get_close_matches(spec.path or "", list(module_names), n=5, cutoff=0.5)
+                listing = ", ".join(close) if close else ", ".join(list(module_names)[1:8]) + ", ..."
+                raise DistillError(f"the {role} has no module {spec.path!r} (signal {spec.name!r}); closest module "
+                                   f"names: {listing}")
+            self._handles.append(module_names[spec.path].register_forward_hook(self._hook(spec)))
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return any(spec.attribute == "hidden_states" for spec in self.specs)
+
+    @property
+    def needs_attentions(self) -> bool:
+        return any(spec.attribute == "attentions" for spec in self.specs)
+
+    def _hook(self, spec: SignalSpec):
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            self._captured[spec.name] = _first_tensor(inputs if spec.use_input else output)
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Run ``model`` (the wrapped or unwrapped one) on ``batch`` and return every requested signal."""
+        self._captured = {}
+        if "inputs" in batch:
+            output = model(batch["inputs"])
+        else:
+            extra = {}
+            if self.needs_hidden_states:
+                extra["output_hidden_states"] = True
+            if self.needs_attentions:
+                extra["output_attentions"] = True
+            output = model(**{key: value for key, value in batch.items() if key != "labels"}, **extra)
+        signals: dict[str, Tensor] = {}
+        for spec in self.specs:
+            if spec.kind == "logits":
+                signals[spec.name] = output.logits if hasattr(output, "logits") else _first_tensor(output)
+            elif spec.kind == "module":
+                signals[spec.name] = self._captured[spec.name]
+            elif spec.kind == "mean_pooled":
+                hidden = _output_attribute(output, "last_hidden_state", self.role)
+                mask = batch.get("attention_mask")
+                mask = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                signals[spec.name] = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+            else:
+                value = _output_attribute(output, spec.attribute, self.role)
+                if spec.index is not None:
+                    try:
+                        value = value[spec.index]
+                    except IndexError:
+                        raise DistillError(f"signal {spec.name!r}: the {self.role} returned only {len(value)} "
+                                           f"{spec.attribute}") from None
+                signals[spec.name] = value
+        self._captured = {}
+        return signals
+
+
+def _output_attribute(output: Any, attribute: str | None, role: str) -> Any:
+    value = getattr(output, attribute or "", None)
+    if value is None:
+        hint = (" Load an HF model with attn_implementation='eager' so it can return attentions."
+                if attribute == "attentions" else "")
+        raise DistillError(f"the {role} does not return {attribute!r}.{hint}")
+    return value
