@@ -119,3 +119,53 @@ def test_hidden_state_terms_get_a_linear_adapter_between_widths(tmp_path):
     fit(student, Tokens(), objective=kd, training=TrainingConfig(max_steps=3, batch_size=8), stage="student",
         run_dir=tmp_path, seed=0, teacher=teacher, show_progress=False)
     assert isinstance(kd.adapters["cos"], torch.nn.Linear) and kd.adapters["cos"].weight.shape == (32, 16)
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Token sequences whose label is the first token's parity: learnable by a tiny BERT."""
+
+    def __init__(self, size, offset=0):
+        self.size, self.offset = size, offset
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        generator = torch.Generator().manual_seed(index + self.offset)
+        input_ids = torch.randint(0, 50, (6,), generator=generator)
+        return {"input_ids": input_ids, "attention_mask": torch.ones(6, dtype=torch.long),
+                "labels": input_ids[0] % 3}
+
+
+def test_student_derived_from_teacher_layers_trains_and_exports_an_hf_folder(tmp_path):
+    import distill
+    from distill.run import RunData
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = tiny_bert(layers=4, seed=1)
+    recipe = {"name": "derived", "data": {"dataset": "digits"}, "teacher": {}, "student": {"from_teacher": {"layers": [0, 3]}},
+              "objective": {"terms": [{"name": "soft", "loss": "soft_kl", "temperature": 2.0},
+                                      {"name": "cos", "loss": "cosine", "student": "hidden_states[2]",
+                                       "teacher": "hidden_states[4]"}]},
+              "training": {"max_steps": 4, "batch_size": 8}, "evaluation": {"latency_runs": 5, "latency_batch_size": 4}}
+    data = RunData(train=Tokens(32), val=None, test=Tokens(16, offset=1000), input_shape=None, num_classes=3)
+    result = distill.train(recipe, output=tmp_path / "run", teacher=teacher, data=data, show_progress=False)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
+    assert reloaded.config.num_hidden_layers == 2
+    batch = {"input_ids": torch.randint(0, 50, (2, 6))}
+    torch.testing.assert_close(reloaded.eval()(**batch).logits, result.student.eval()(**batch).logits)
+    assert result.metrics["student"]["params"] < result.metrics["teacher"]["params"]
+
+
+def test_from_teacher_out_of_range_fails_before_training(tmp_path):
+    import distill
+    from distill.run import RunData
+
+    recipe = {"name": "bad", "data": {"dataset": "digits"}, "teacher": {}, "student": {"from_teacher": {"layers": [0, 7]}},
+              "objective": {"alpha": 0.5}, "training": {"max_steps": 2, "batch_size": 8}}
+    data = RunData(train=Tokens(32), val=None, test=Tokens(8, offset=1000), input_shape=None, num_classes=3)
+    with pytest.raises(DistillError, match="7"):
+        distill.train(recipe, output=tmp_path / "run", teacher=tiny_bert(layers=4), data=data, show_progress=False)
+    with pytest.raises(DistillError, match="Hugging Face"):
+        array_data = RunData(train=sequences(), val=None, test=sequences(16, seed=1), input_shape=(1, 20), num_classes=3)
+        distill.train(recipe, output=tmp_path / "run2", teacher=cnn([8]), data=array_data, show_progress=False)

@@ -183,6 +183,12 @@ def test_per_layer_config_lists_are_sliced():
     student = derive_student(teacher, [0, 4, 5])
     assert student.config.layer_types == [config.layer_types[i] for i in (0, 4, 5)]
     assert len(teacher.config.layer_types) == 6  # the teacher's config is untouched
+    assert student.config.max_window_layers == 3
+
+
+def test_non_layer_lists_are_not_sliced():
+    teacher = make(LlamaForCausalLM, llama_config(eos_token_id=[1, 2, 3, 4, 5, 6]))
+    assert derive_student(teacher, [0, 1]).config.eos_token_id == [1, 2, 3, 4, 5, 6]
 
 
 # ---------------------------------------------------------------------------------------------- save / load

@@ -122,9 +122,22 @@ class TeacherConfig(_Strict):
     train: TrainingConfig | None = Field(None, description="train the teacher in this run on hard labels first")
 
 
+class FromTeacherSpec(_Strict):
+    """Initialise the student from the teacher (HF transformers): embeddings, the chosen blocks and the head."""
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="teacher blocks to keep, in order")
+    keep: int | None = Field(None, gt=0, description="keep this many blocks, evenly spread (default: every other)")
+
+
 class StudentConfig(_Strict):
     model: ModelSpec | None = Field(None, description="architecture (None: passed from Python)")
     weights: str | None = None
+    from_teacher: FromTeacherSpec | None = Field(None, description="derive the student from the teacher's layers")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "StudentConfig":
+        if self.from_teacher is not None and self.model is not None:
+            raise ValueError("give student.model or student.from_teacher, not both")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------- objective

@@ -15,7 +15,8 @@ Layer choice (``default_layers``):
 
 Supported: models with one stack of identical blocks whose length is ``config.num_hidden_layers`` (BERT family,
 GPT-2, Llama and most decoder-only models). Encoder-decoder models (two stacks) are refused. Per-layer config
-lists of length ``num_hidden_layers`` (e.g. ``layer_types``) are sliced along with the blocks.
+lists of length ``num_hidden_layers`` whose name mentions "layer" (e.g. ``layer_types``) are sliced along with
+the blocks; integer thresholds such as Qwen2's ``max_window_layers`` are copied unchanged.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["derive_student", "default_layers", "find_layer_stack"]
 
-# Config attributes that are lists but never per-layer, whatever their length.
-_NOT_PER_LAYER = {"architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "label2id", "id2label"}
+# Per-layer config lists are recognised by name (a list of token ids may happen to have num_layers entries too).
+_PER_LAYER_EXTRA = {"block_types", "attention_types"}
 
 
 def _num_layers_from_config(config: Any) -> int | None:
@@ -139,9 +140,13 @@ def _check_layers(layers: Any, num_layers: int) -> list[int]:
 
 
 def _slice_per_layer_lists(config: Any, layers: list[int], num_layers: int) -> None:
-    """Slice config attributes that hold one entry per layer (e.g. ``layer_types``) to the kept layers."""
+    """Slice config attributes that hold one entry per layer (e.g. ``layer_types``) to the kept layers.
+
+    An attribute counts as per-layer when its name mentions "layer" (or is in ``_PER_LAYER_EXTRA``) and it is a
+    list with exactly ``num_layers`` entries. Lists of layer *indices* (e.g. ``mlp_only_layers``) are not remapped.
+    """
     for name, value in list(vars(config).items()):
-        if name in _NOT_PER_LAYER or name.startswith("_"):
+        if name.startswith("_") or not ("layer" in name or name in _PER_LAYER_EXTRA):
             continue
         if isinstance(value, (list, tuple)) and len(value) == num_layers:
             setattr(config, name, type(value)(value[i] for i in layers))

@@ -24,7 +24,7 @@ from distill.config import Recipe, load_recipe
 from distill.data import ArrayDataset, ArraySplits, load_builtin, load_files
 from distill.errors import DistillError
 from distill.evaluate.report import evaluate_models, print_summary
-from distill.models import build_model, export_model, forward_logits, load_saved, load_weights
+from distill.models import build_model, export_model, forward_logits, is_hf_model, load_saved, load_weights
 from distill.objective import Objective
 from distill.trainer import fit, mark_stage_done, stage_done
 
@@ -140,8 +140,8 @@ def _stage(name: str, model: nn.Module, spec: Any, data: RunData, *, objective: 
            show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
     done = stage_done(run_dir, name)
     if done is not None and resume:
-        if spec is not None:
-            return load_saved(run_dir / name), done
+        if spec is not None or is_hf_model(model):
+            return load_saved(run_dir / name).eval(), done
         load_weights(model, run_dir / name)
         return model.eval(), done
     result = fit(model, data.train, objective=objective, training=training, stage=name, run_dir=run_dir,
@@ -162,8 +162,8 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     config = load_recipe(recipe, overrides)
     if teacher is None and config.teacher.model is None and config.needs_teacher():
         raise DistillError("teacher.model is not set and no teacher module was passed")
-    if student is None and config.student.model is None:
-        raise DistillError("student.model is not set and no student module was passed")
+    if student is None and config.student.model is None and config.student.from_teacher is None:
+        raise DistillError("student.model (or student.from_teacher) is not set and no student module was passed")
     run_dir = _prepare_run_dir(config, output, resume)
     data = data or load_data(config)
     stages: dict[str, dict[str, Any]] = {}
@@ -184,7 +184,17 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         teacher.eval().requires_grad_(False)
 
     # Students: the same initial weights for the baseline and the distilled one, so only the objective differs.
-    if student is None:
+    if student is None and config.student.from_teacher is not None:
+        from distill.derive import default_layers, derive_student, find_layer_stack
+
+        if teacher is None:
+            raise DistillError("student.from_teacher needs a teacher")
+        layers = config.student.from_teacher.layers
+        if layers is None:
+            layers = default_layers(len(find_layer_stack(teacher)[1]), config.student.from_teacher.keep)
+        student = derive_student(teacher, layers)
+        student.requires_grad_(True)
+    elif student is None:
         torch.manual_seed(config.seed)
         student = build_model(config.student.model, input_shape=data.input_shape, num_classes=data.num_classes)
         if config.student.weights:
