@@ -71,7 +71,7 @@ class AugmentConfig(_Strict):
 
 class DataConfig(_Strict):
     """Where examples come from. Either a built-in dataset (``dataset``) or a user's file (``path``)."""
-    dataset: str | None = Field(None, description="built-in dataset: mnist, mnist5k, mnist1d, digits")
+    dataset: str | None = Field(None, description="built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses")
     path: str | None = Field(None, description="CSV / JSON(L) / parquet file, or a folder saved by datasets")
     test_path: str | None = None
     format: str | None = None
@@ -80,6 +80,8 @@ class DataConfig(_Strict):
     val_size: float | None = Field(None, ge=0, description="validation count or fraction, carved from training data")
     num_samples: int | None = Field(None, gt=0, description="dataset size where the dataset is generated (mnist1d)")
     train_subset: int | None = Field(None, gt=0, description="use only the first N training examples (quick runs)")
+    tokenizer: str | None = Field(None, description="tokenizer for text datasets (default: the teacher's)")
+    max_length: int = Field(128, gt=0, description="tokens per text; longer texts are truncated and counted")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -202,6 +204,10 @@ class ObjectiveConfig(_Strict):
 
 # --------------------------------------------------------------------------------------------------- evaluation
 class EvaluationConfig(_Strict):
+    task: Literal["auto", "classification", "embedding"] = Field(
+        "auto", description="auto: classification when the data has labels, else embedding fidelity")
+    embedding_signal: str = Field("mean_pooled", description="the signal used as the embedding (embedding task)")
+    neighbours: int = Field(10, gt=0, description="k of the nearest-neighbour overlap (embedding task)")
     batch_size: int = Field(1000, gt=0)
     latency_batch_size: int = Field(100, gt=0, description="batch size of the timed forward passes")
     latency_runs: int = Field(30, ge=5, description="timed runs (after warm-up); the median is reported")

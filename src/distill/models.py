@@ -102,8 +102,29 @@ _HF_AUTO_CLASSES = {
 }
 
 
+def resolve_hf_path(name_or_path: str) -> str:
+    """``package:NAME`` is a model shipped inside an installed Python package (found without importing it);
+    anything else is a hub id or a local folder, passed through."""
+    if not name_or_path.startswith("package:"):
+        return name_or_path
+    import importlib.util
+
+    package = name_or_path.removeprefix("package:")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillError(f"model {name_or_path!r}: the Python package {package!r} is not installed "
+                           f"(pip install {package.replace('_', '-')})")
+    for root in spec.submodule_search_locations:
+        configs = sorted(Path(root).rglob("config.json"), key=lambda path: len(path.parts))
+        if configs:
+            return str(configs[0].parent)
+    raise DistillError(f"model {name_or_path!r}: no config.json inside the package {package!r}")
+
+
 def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
     import transformers
+
+    transformers.utils.logging.disable_progress_bar()
 
     auto_class = getattr(transformers, _HF_AUTO_CLASSES[spec.task])
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
@@ -111,11 +132,12 @@ def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
         kwargs["dtype"] = spec.dtype if spec.dtype == "auto" else getattr(torch, spec.dtype)
     if spec.task == "sequence-classification" and num_classes is not None:
         kwargs["num_labels"] = num_classes
-    local = Path(spec.name_or_path)
-    if not local.exists() and (spec.name_or_path.startswith((".", "/", "~")) or spec.name_or_path.count("/") > 1):
-        raise DistillError(f"model folder {spec.name_or_path!r} does not exist")
+    name_or_path = resolve_hf_path(spec.name_or_path)
+    local = Path(name_or_path)
+    if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise DistillError(f"model folder {name_or_path!r} does not exist")
     try:
-        return auto_class.from_pretrained(spec.name_or_path, **kwargs)
+        return auto_class.from_pretrained(name_or_path, **kwargs)
     except OSError as error:
         raise DistillError(f"cannot load Hugging Face model {spec.name_or_path!r}: {error}".split("\n")[0]) from None
 
@@ -160,12 +182,10 @@ def load_saved(path: str | Path) -> nn.Module:
                                f"module yourself and load {WEIGHTS_FILE} into it with safetensors.torch.load_model")
         from transformers import AutoConfig
 
-        task = "sequence-classification"
-        architectures = AutoConfig.from_pretrained(directory).architectures or []
-        if any(name.endswith("ForCausalLM") for name in architectures):
-            task = "causal-lm"
-        elif any(name.endswith("ForMaskedLM") for name in architectures):
-            task = "masked-lm"
+        architectures = AutoConfig.from_pretrained(directory).architectures or [""]
+        suffixes = {"ForCausalLM": "causal-lm", "ForMaskedLM": "masked-lm",
+                    "ForSequenceClassification": "sequence-classification"}
+        task = next((task for suffix, task in suffixes.items() if architectures[0].endswith(suffix)), "base")
         return load_hf_model(HFSpec(name_or_path=str(directory), task=task))
     spec_data = config["distill_model"]
     spec = MLPSpec(**spec_data) if spec_data["kind"] == "mlp" else CNNSpec(**spec_data)

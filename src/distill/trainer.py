@@ -26,10 +26,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from distill.augment import random_shift
 from distill.capture import SignalCapture
+from distill.data.tokens import collate_fn_of
 from distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_json_atomic
 from distill.config import TrainingConfig
 from distill.errors import DistillError
-from distill.evaluate.metrics import accuracy, predict_logits
+from distill.models import forward_logits
 from distill.objective import Objective
 
 DONE_FILE = "stage_done.json"
@@ -73,11 +74,13 @@ class DistillationStep(nn.Module):
     def forward(self, batch: dict[str, Any], teacher_signals: dict[str, Tensor] | None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
         student_signals = self.capture.forward(self.student, batch)
-        return self.objective(student_signals, teacher_signals, batch.get("labels"))
+        return self.objective(student_signals, teacher_signals, batch.get("labels"),
+                              attention_mask=batch.get("attention_mask"))
 
 
 def _probe_batch(dataset: Dataset) -> dict[str, Any]:
-    return default_collate([dataset[index] for index in range(min(2, len(dataset)))])  # type: ignore[arg-type]
+    collate = collate_fn_of(dataset) or default_collate
+    return collate([dataset[index] for index in range(min(2, len(dataset)))])  # type: ignore[arg-type]
 
 
 def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | None, probe: dict[str, Any]
@@ -92,9 +95,36 @@ def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | No
     with torch.no_grad():
         student_signals = student_capture.forward(model, probe)
         teacher_signals = teacher_capture.forward(teacher, probe) if teacher_capture is not None else None
-    objective.build_adapters(student_signals, teacher_signals, probe.get("labels"))
+    objective.build_adapters(student_signals, teacher_signals, probe.get("labels"), probe.get("attention_mask"))
     model.train(was_training)
     return DistillationStep(model, student_capture, objective), teacher_capture
+
+
+@torch.no_grad()
+def validate(step_module: DistillationStep, teacher: nn.Module | None, teacher_capture: SignalCapture | None,
+             dataset: Dataset, training: TrainingConfig, device: torch.device) -> dict[str, float]:
+    """The objective's terms on held-out data (``eval/loss``, ``eval/loss/<term>``), and accuracy when the data
+    has labels: the same numbers as training, without dropout or augmentation."""
+    step_module.eval()
+    sums: dict[str, float] = {}
+    correct = count = 0
+    loader = DataLoader(dataset, batch_size=training.batch_size, shuffle=False, collate_fn=collate_fn_of(dataset))
+    for batch in loader:
+        batch = _to_device(batch, device)
+        teacher_signals = teacher_capture.forward(teacher, batch) if teacher_capture is not None else None
+        total, terms = step_module(batch, teacher_signals)
+        size = next(iter(batch.values())).shape[0]
+        for name, value in (("eval/loss", total), *((f"eval/loss/{key}", value) for key, value in terms.items())):
+            sums[name] = sums.get(name, 0.0) + float(value) * size
+        count += size
+        if "labels" in batch:
+            logits = forward_logits(step_module.student, batch)
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    step_module.train()
+    result = {name: round(value / max(count, 1), 6) for name, value in sums.items()}
+    if "labels" in dataset[0]:  # type: ignore[index]
+        result["eval/accuracy"] = round(correct / max(count, 1), 6)
+    return result
 
 
 @dataclass
@@ -225,7 +255,7 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                            f"needs ({examples_per_step} = batch_size x grad_accum x processes); lower "
                            "training.batch_size")
     loader = DataLoader(train_dataset, batch_size=training.batch_size, sampler=EpochSampler(size, seed),
-                        drop_last=True)
+                        drop_last=True, collate_fn=collate_fn_of(train_dataset))
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     step_module, teacher_capture = prepare_step(model, objective, teacher, _probe_batch(train_dataset))
@@ -315,9 +345,8 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                                                            for key, value in record.items()))
                     window, window_steps = {}, 0
                 if val_dataset is not None and (step % eval_every == 0 or step == total_steps):
-                    val_logits, val_labels = predict_logits(unwrapped.student, val_dataset, device=accelerator.device)
-                    log.write({"stage": stage, "step": step, "eval/accuracy": accuracy(val_logits, val_labels),
-                               "eval/loss": torch.nn.functional.cross_entropy(val_logits, val_labels).item()})
+                    log.write({"stage": stage, "step": step, **validate(unwrapped, teacher, teacher_capture, val_dataset,
+                                                                         training, accelerator.device)})
                 if step % checkpoint_every == 0 or step == total_steps or stop.requested:
                     checkpoint()
                 progress.update(task, completed=step)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from distill.data.tokens import collate_fn_of
 from distill.models import forward_logits
 
 
@@ -16,7 +17,7 @@ def predict_logits(model: torch.nn.Module, dataset: Dataset, *, batch_size: int 
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn_of(dataset)):
         batch = {key: value.to(device) if isinstance(value, Tensor) else value for key, value in batch.items()}
         all_logits.append(forward_logits(model, batch).float().cpu())
         all_labels.append(batch["labels"].cpu())

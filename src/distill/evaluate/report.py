@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from distill.config import EvaluationConfig
+from distill.data.tokens import collate_fn_of
 from distill.evaluate.metrics import accuracy, agreement, error_count, gap_recovered, predict_logits
 from distill.evaluate.speed import latency_ms
 from distill.models import count_parameters
@@ -20,7 +21,8 @@ from distill.models import count_parameters
 def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
                     device: str | torch.device = "cpu") -> dict[str, Any]:
     """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts)."""
-    timing_batch = next(iter(DataLoader(test, batch_size=evaluation.latency_batch_size, shuffle=False)))
+    timing_batch = next(iter(DataLoader(test, batch_size=evaluation.latency_batch_size, shuffle=False,
+                                        collate_fn=collate_fn_of(test))))
     timing_batch = {key: value.to(device) for key, value in timing_batch.items() if key != "labels"}
     logits: dict[str, torch.Tensor] = {}
     metrics: dict[str, Any] = {}
@@ -56,7 +58,37 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
     return metrics
 
 
+def evaluate_embeddings(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
+                        device: str | torch.device = "cpu") -> dict[str, Any]:
+    """For encoders: how closely each student's embeddings follow the teacher's, and encoding throughput."""
+    from distill.evaluate.embedding import embedding_cosine, encode, neighbour_overlap
+
+    embeddings, metrics = {}, {}
+    for name, model in models.items():
+        model.to(device)
+        encode(model, torch.utils.data.Subset(test, range(min(len(test), 64))), signal=evaluation.embedding_signal,
+               device=device)  # warm-up
+        embeddings[name], throughput = encode(model, test, signal=evaluation.embedding_signal, device=device)
+        metrics[name] = {"params": count_parameters(model), "throughput": round(throughput, 2)}
+    metrics.update({"task": "embedding", "test_size": len(test), "threads": torch.get_num_threads()})
+    if "teacher" in embeddings:
+        for name in ("student", "baseline"):
+            if name in embeddings:
+                if embeddings[name].shape[-1] == embeddings["teacher"].shape[-1]:
+                    metrics[name]["cosine"] = round(embedding_cosine(embeddings[name], embeddings["teacher"]), 6)
+                metrics[name]["neighbour_overlap"] = round(
+                    neighbour_overlap(embeddings[name], embeddings["teacher"], k=evaluation.neighbours), 6)
+        if "student" in embeddings:
+            metrics["embedding_cosine"] = metrics["student"].get("cosine")
+            metrics["neighbour_overlap"] = metrics["student"]["neighbour_overlap"]
+            metrics["throughput_ratio"] = round(metrics["student"]["throughput"] / metrics["teacher"]["throughput"], 3)
+            metrics["compression"] = round(metrics["teacher"]["params"] / max(metrics["student"]["params"], 1), 3)
+    return metrics
+
+
 def summary_table(metrics: dict[str, Any]) -> Table:
+    if metrics.get("task") == "embedding":
+        return _embedding_table(metrics)
     table = Table(title=f"{metrics.get('recipe', 'run')} (test set of {metrics.get('test_size')}, seed "
                         f"{metrics.get('seed')})")
     for column in ("model", "test errors", "accuracy", "agreement w/ teacher", "params",
@@ -69,6 +101,19 @@ def summary_table(metrics: dict[str, Any]) -> Table:
             table.add_row(label, str(row["errors"]), f"{row['accuracy']:.2%}",
                           f"{row['agreement']:.2%}" if "agreement" in row else "-", f"{row['params']:,}",
                           f"{row['latency_ms']:.3f}")
+    return table
+
+
+def _embedding_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title=f"{metrics.get('recipe', 'run')} (embeddings of {metrics.get('test_size')} test texts)")
+    for column in ("model", "cosine to teacher", "top-k overlap", "params", "texts/s"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for name in ("teacher", "baseline", "student"):
+        if name in metrics:
+            row = metrics[name]
+            table.add_row(name, f"{row['cosine']:.4f}" if "cosine" in row else "-",
+                          f"{row['neighbour_overlap']:.3f}" if "neighbour_overlap" in row else "-",
+                          f"{row['params']:,}", f"{row['throughput']:.1f}")
     return table
 
 
