@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 # Shortened Hinton schedule for the demo (the recipe itself holds the full-length one).
-DEMO_SETTINGS := --set teacher.train.epochs=12 --set training.epochs=10
+DEMO_SETTINGS := --set teacher.train.epochs=20 --set training.epochs=10
 
 .PHONY: install test demo clean
 

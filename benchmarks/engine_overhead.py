@@ -4,10 +4,14 @@ Setting (Hinton et al. 2015, MNIST): teacher MLP 784-1200-1200-10 (dropout 0.5, 
 student MLP 784-800-800-10, a fixed 10,000-sample subset of the MNIST training split, batch 100, SGD momentum 0.9
 nesterov, constant lr 0.05, KD objective alpha=0.9, T=20 (soft_kl + cross_entropy), fp32 on CPU.
 
-Three loops, each run with max_steps = S and = 2S from scratch (fresh models, optimizer, data loader; ``fit`` gets a
-fresh run_dir), per-step time = (t_2S - t_S) / S, so setup (Accelerator, optimizer, the final checkpoint, ...)
-cancels and everything a step does -- including the per-step bookkeeping of ``fit``, its logging every 10 steps,
-the isfinite check, the LR scheduler and the progress bar -- is counted:
+Three loops, each from scratch (fresh student, optimizer and data loader; ``fit`` gets a fresh run_dir). Per-step
+time, by default (``--method window``): a run of 10 + S steps takes a timestamp after every optimizer step (in ``fit``
+from inside ``scheduler.step()``, by wrapping ``lr_multiplier``, whose LambdaLR calls it once a step; in the hand
+loops right after ``zero_grad``), and per-step = (stamp[10 + S] - stamp[10]) / S. So setup (Accelerator, prepare,
+probe batch) and the final checkpoint are left out, while everything between two optimizer steps is counted: data
+loading and collation, the epoch boundary (S = 100 steps is one epoch of the subset), ``fit``'s logging every 10
+steps, the isfinite check, its loss bookkeeping, the LR scheduler and the progress bar. ``--method difference`` times
+whole runs of S and 2S steps instead: per-step = (t_2S - t_S) / S (noisier: two runs and their setup per figure).
 
 * ours: ``distill.trainer.fit`` (log_every=10, no validation set, checkpoint_every larger than the run so only the
   final checkpoint is written, show_progress=True as the CLI uses it; its bar goes to an in-memory console).
@@ -16,9 +20,11 @@ the isfinite check, the LR scheduler and the progress bar -- is counted:
 * ce: the hand loop training the student alone on plain cross-entropy (no teacher): KD step / CE step is the
   teacher's cost.
 
-Loops alternate within each round (the order rotates from round to round); ratios are computed per round.
+Loops alternate within each round (the order rotates from round to round); ratios are computed per round. The
+machine may be shared: a round during which other processes used more than 5% of the CPUs (from /proc/stat) is
+discarded and run again after a pause.
 
-    .venv/bin/python benchmarks/engine_overhead.py [--rounds 5] [--steps 100] [--threads N] [--quick]
+    .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--steps 100] [--threads N] [--method window|difference] [--quick]
 """
 
 from __future__ import annotations
@@ -205,13 +211,13 @@ def print_table(rows: list[tuple[str, dict[str, float], str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
     parser.add_argument("--steps", type=int, default=100, help="S: each loop runs S and 2S steps (default 100)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--method", choices=["window", "difference"], default="window",
                         help="window (default): time S steps after 10 warm-up steps inside one run; difference: "
                              "(t_2S - t_S) / S over whole runs")
-    parser.add_argument("--max-foreign-load", type=float, default=0.1,
+    parser.add_argument("--max-foreign-load", type=float, default=0.05,
                         help="retry a round when other processes used more than this share of the CPUs (Linux)")
     parser.add_argument("--max-retries", type=int, default=30, help="discarded rounds allowed in all (default 30)")
     parser.add_argument("--retry-wait", type=float, default=5.0, help="seconds to wait before a retry")
@@ -254,11 +260,12 @@ def main() -> None:
 
     names = list(loops)
     results: dict[str, list[float]] = {name: [] for name in names}
-    retried, index = 0, 0
+    retried, index, loads = 0, 0, []
     while index < args.rounds:
         order = names[index % len(names):] + names[:index % len(names)]
         with ForeignLoad() as load:
             round_ms = {name: per_step_ms(loops[name], args.steps, args.method) for name in order}
+        share = load.share
         line = ("  ".join(f"{name} {round_ms[name]:.2f} ms/step" for name in names)
                 + f"  ours/hand {round_ms['ours'] / round_ms['hand']:.3f}"
                 + (f"  (other load {load.share:.0%})" if load.share is not None else ""))
@@ -269,6 +276,7 @@ def main() -> None:
             continue
         for name in names:
             results[name].append(round_ms[name])
+        loads.append(None if share is None else round(share, 3))
         index += 1
         print(f"round {index}/{args.rounds}: {line}", flush=True)
 
@@ -299,6 +307,7 @@ def main() -> None:
         "per_round_ms": {name: [round(value, 3) for value in values] for name, values in results.items()},
         "method": args.method,
         "rounds_discarded_for_load": retried,
+        "other_load_per_round": loads,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "threads": threads,

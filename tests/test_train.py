@@ -135,3 +135,20 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
     assert moved > 1e-2  # training did change the weights, so equality below means something
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    command, env = _cli("--output", str(run_dir), "--set", "training.max_steps=100000", "--set", "teacher.train.epochs=1",
+                        "--set", "baseline=false", "--set", "training.checkpoint_every=100000")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run_dir / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and '"stage": "student"' in log.read_text()):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    checkpoints = sorted((run_dir / "checkpoints" / "student").glob("step-*"))
+    assert len(checkpoints) == 1 and not checkpoints[0].name.endswith(".partial")
