@@ -21,8 +21,8 @@ whole runs of S and 2S steps instead: per-step = (t_2S - t_S) / S (noisier: two 
   teacher's cost.
 
 Loops alternate within each round (the order rotates from round to round); ratios are computed per round. The
-machine may be shared: a round during which other processes used more than 5% of the CPUs (from /proc/stat) is
-discarded and run again after a pause.
+machine may be shared: a round starts only once other processes leave the CPUs idle, and a round during which they
+used more than 5% of the CPUs (from /proc/stat) is discarded and run again.
 
     .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--steps 100] [--threads N] [--method window|difference] [--quick]
 """
@@ -187,6 +187,21 @@ class ForeignLoad:
         self.share = max(0.0, foreign) / (wall * (os.cpu_count() or 1))
 
 
+def wait_for_quiet(limit: float, probe: float = 2.0, pause: float = 10.0, patience: float = 3600.0) -> None:
+    """Before a round, sleep until other processes leave the CPUs (nearly) idle, so that no round is spent running
+    5-30x slower on a busy machine (and slowing the other work down); gives up after ``patience`` seconds."""
+    deadline, told = time.monotonic() + patience, False
+    while time.monotonic() < deadline:
+        with ForeignLoad() as load:
+            time.sleep(probe)
+        if load.share is None or load.share <= limit:
+            return
+        if not told:
+            print(f"  waiting for the CPUs: other processes use {load.share:.0%} ...", flush=True)
+            told = True
+        time.sleep(pause)
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
@@ -219,7 +234,7 @@ def main() -> None:
                              "(t_2S - t_S) / S over whole runs")
     parser.add_argument("--max-foreign-load", type=float, default=0.05,
                         help="retry a round when other processes used more than this share of the CPUs (Linux)")
-    parser.add_argument("--max-retries", type=int, default=30, help="discarded rounds allowed in all (default 30)")
+    parser.add_argument("--max-retries", type=int, default=50, help="discarded rounds allowed in all (default 50)")
     parser.add_argument("--retry-wait", type=float, default=5.0, help="seconds to wait before a retry")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 20 steps, no JSON written")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
@@ -263,6 +278,7 @@ def main() -> None:
     retried, index, loads = 0, 0, []
     while index < args.rounds:
         order = names[index % len(names):] + names[:index % len(names)]
+        wait_for_quiet(args.max_foreign_load)
         with ForeignLoad() as load:
             round_ms = {name: per_step_ms(loops[name], args.steps, args.method) for name in order}
         share = load.share

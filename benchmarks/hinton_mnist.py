@@ -30,6 +30,8 @@ PAPER = {"teacher_errors": 67, "baseline_errors": 146, "student_errors": 74, "ga
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1 (to "
+                        "spread seeds over processes; a later call over all seeds with the same --output collects them)")
     parser.add_argument("--teacher-epochs", type=float, default=40)
     parser.add_argument("--student-epochs", type=float, default=20)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe overrides")
@@ -38,7 +40,7 @@ def main() -> None:
 
     root = Path(args.output or tempfile.mkdtemp(prefix="hinton-bench-"))
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         overrides = [f"seed={seed}", f"teacher.train.epochs={args.teacher_epochs}",
                      f"training.epochs={args.student_epochs}", *args.overrides]
         result = distill.train("hinton-mnist", output=root / f"seed{seed}", overrides=overrides, resume=True)

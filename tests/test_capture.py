@@ -101,6 +101,21 @@ def test_hf_hidden_states_attentions_and_mean_pooling():
     torch.testing.assert_close(pooled[1], last[1, :4].mean(0))
 
 
+def test_attention_term_on_a_model_without_attentions_fails_before_training(tmp_path):
+    kd = objective({"name": "att", "loss": "attention_map", "student": "attentions[-1]", "teacher": "attentions[-1]"})
+    with pytest.raises(DistillError, match="student does not return 'attentions'.*eager"):
+        fit(tiny_bert(attn="sdpa"), Tokens(16), objective=kd, training=TrainingConfig(max_steps=2, batch_size=8),
+            stage="student", run_dir=tmp_path, seed=0, teacher=tiny_bert(seed=1), show_progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_module_path_of_the_teacher_asked_of_the_student_names_the_student(tmp_path):
+    kd = objective({"name": "hint", "loss": "hint", "student": "features.10", "teacher": "features.10"})
+    with pytest.raises(DistillError, match="the student has no module 'features.10'"):
+        fit(cnn([8, 16]), sequences(), objective=kd, training=TrainingConfig(max_steps=2, batch_size=8),
+            stage="student", run_dir=tmp_path, seed=0, teacher=cnn([8, 16, 32], seed=1), show_progress=False)
+
+
 def test_hidden_state_terms_get_a_linear_adapter_between_widths(tmp_path):
     from distill.data.arrays import ArrayDataset as _  # noqa: F401  (data module import kept light)
 

@@ -138,7 +138,7 @@ class SignalCapture:
 
 def _output_attribute(output: Any, attribute: str | None, role: str) -> Any:
     value = getattr(output, attribute or "", None)
-    if value is None:
+    if value is None or (isinstance(value, tuple) and not value):
         hint = (" Load an HF model with attn_implementation='eager' so it can return attentions."
                 if attribute == "attentions" else "")
         raise DistillError(f"the {role} does not return {attribute!r}.{hint}")

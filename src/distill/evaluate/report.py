@@ -91,13 +91,13 @@ def summary_table(metrics: dict[str, Any]) -> Table:
         return _embedding_table(metrics)
     table = Table(title=f"{metrics.get('recipe', 'run')} (test set of {metrics.get('test_size')}, seed "
                         f"{metrics.get('seed')})")
-    for column in ("model", "test errors", "accuracy", "agreement w/ teacher", "params",
-                   f"latency ms (batch {metrics.get('latency_batch_size')})"):
+    for column in ("model", "errors", "accuracy", "agrees w/ teacher", "params",
+                   f"ms/batch of {metrics.get('latency_batch_size')}"):
         table.add_column(column, justify="right" if column != "model" else "left")
     for name in ("teacher", "baseline", "student"):
         if name in metrics:
             row = metrics[name]
-            label = {"baseline": "baseline student (hard labels)", "student": "distilled student"}.get(name, name)
+            label = {"baseline": "baseline student", "student": "distilled student"}.get(name, name)
             table.add_row(label, str(row["errors"]), f"{row['accuracy']:.2%}",
                           f"{row['agreement']:.2%}" if "agreement" in row else "-", f"{row['params']:,}",
                           f"{row['latency_ms']:.3f}")
