@@ -81,7 +81,7 @@ def checkpoint_name(step: int) -> str:
 
 def save_checkpoint(directory: Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, state: dict[str, Any], process_index: int = 0, is_main: bool = True,
-                    barrier: Any = None, keep: int = 2, extra_modules: dict[str, nn.Module] | None = None) -> Path:
+                    barrier: Any = None, keep: int = 2) -> Path:
     """Write a checkpoint atomically. In multi-process runs every process calls this (each saves its own RNG
     state); ``barrier`` is the launcher's wait-for-everyone."""
     barrier = barrier or (lambda: None)
@@ -94,8 +94,6 @@ def save_checkpoint(directory: Path, *, step: int, model: nn.Module, optimizer: 
     save_file(rng_state(), str(partial / f"rng-{process_index}.safetensors"))
     if is_main:
         save_model(model, str(partial / "model.safetensors"))
-        for name, module in (extra_modules or {}).items():
-            save_model(module, str(partial / f"{name}.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                    partial / "training_state.pt")
         (partial / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
@@ -125,12 +123,10 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    process_index: int = 0, extra_modules: dict[str, nn.Module] | None = None) -> dict[str, Any]:
+                    process_index: int = 0) -> dict[str, Any]:
     """Restore everything ``save_checkpoint`` wrote; returns the saved ``state`` dict."""
     try:
         load_model(model, str(path / "model.safetensors"))
-        for name, module in (extra_modules or {}).items():
-            load_model(module, str(path / f"{name}.safetensors"))
         training_state = torch.load(path / "training_state.pt", weights_only=True, map_location="cpu")
     except (OSError, RuntimeError) as error:
         raise DistillError(f"checkpoint {path} cannot be restored: {error}".split("\n")[0]) from None
