@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=float, default=20)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe overrides")
     parser.add_argument("--output", default=None, help="keep run directories here (default: a temp dir)")
+    parser.add_argument("--teachers-from", default=None, help="reuse the teachers of an earlier call's --output "
+                        "(DIR/seedN/teacher) instead of training them again")
     args = parser.parse_args()
 
     root = Path(args.output or tempfile.mkdtemp(prefix="hinton-bench-"))
@@ -43,6 +45,10 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         overrides = [f"seed={seed}", f"teacher.train.epochs={args.teacher_epochs}",
                      f"training.epochs={args.student_epochs}", *args.overrides]
+        if args.teachers_from:
+            teacher_dir = Path(args.teachers_from) / f"seed{seed}" / "teacher"
+            overrides = [f"seed={seed}", f"training.epochs={args.student_epochs}", "teacher.train=null",
+                         f"teacher.model={{kind: saved, path: '{teacher_dir}'}}", *args.overrides]
         result = distill.train("hinton-mnist", output=root / f"seed{seed}", overrides=overrides, resume=True)
         metrics = result.metrics
         runs.append({"seed": seed, "teacher_errors": metrics["teacher"]["errors"],
