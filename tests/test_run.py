@@ -116,6 +116,7 @@ def test_missing_dataset_file_and_column(tmp_path):
               "teacher": {"model": {"kind": "mlp"}, "train": {"epochs": 1}}, "student": {"model": {"kind": "mlp"}}}
     with pytest.raises(DistillError, match="nope.csv"):
         distill.train(recipe, output=tmp_path / "a", show_progress=False)
+    assert not (tmp_path / "a").exists()  # nothing written for a run that could not start
     csv = tmp_path / "data.csv"
     csv.write_text("a,b,y\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(40)))
     recipe["data"] = {"path": str(csv), "features": ["a", "c"], "label": "y"}

@@ -118,26 +118,31 @@ def load_data(recipe: Recipe) -> RunData:
                    tuple(splits.input_shape), splits.num_classes, {**splits.summary(), "train_used": len(train_y)})
 
 
-def _prepare_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> Path:
+def _check_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> Path:
+    """Where the run goes; refuses to overwrite a run, or to resume one started with another recipe. Writes
+    nothing, so a recipe whose data or models then fail leaves no half-made run directory behind."""
     run_dir = Path(output or recipe.output.dir or Path("runs") / recipe.name)
     saved = run_dir / "recipe.yaml"
-    current = recipe.model_dump(mode="json")
     if saved.is_file():
         if not resume:
             raise DistillError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --output")
         previous = yaml.safe_load(saved.read_text())
-        differing = _differences(previous, current, ignore={"output"})
+        differing = _differences(previous, recipe.model_dump(mode="json"), ignore={"output"})
         if differing:
             raise DistillError(f"cannot resume {run_dir}: the recipe differs from the one it was started with at "
                                f"{', '.join(differing[:8])}. Resume with the same recipe, or start a new --output.")
     elif resume and run_dir.exists() and any(run_dir.iterdir()):
         raise DistillError(f"cannot resume {run_dir}: it holds no recipe.yaml, so it is not a distill run directory")
+    return run_dir
+
+
+def _save_recipe(recipe: Recipe, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         temporary = saved.with_suffix(".partial")
         temporary.write_text(recipe.to_yaml())
         os.replace(temporary, saved)
-    return run_dir
 
 
 def _differences(old: Any, new: Any, prefix: str = "", ignore: set[str] = frozenset()) -> list[str]:
@@ -182,8 +187,7 @@ def _check_outputs(models: dict[str, nn.Module | None], data: RunData) -> None:
         raise DistillError(f"teacher and student predict different numbers of classes: {sizes}")
 
 
-def _stage(name: str, model: nn.Module, spec: Any, data: RunData, *, objective: Objective, recipe: Recipe,
-           run_dir: Path, seed: int, resume: bool, teacher: nn.Module | None, training: Any,
+def _stage(name: str, model: nn.Module, spec: Any, data: RunData, *, objective: Objective, run_dir: Path, seed: int, resume: bool, teacher: nn.Module | None, training: Any,
            show_progress: bool) -> tuple[nn.Module, dict[str, Any]]:
     done = stage_done(run_dir, name)
     if done is not None and resume:
@@ -211,7 +215,7 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         raise DistillError("teacher.model is not set and no teacher module was passed")
     if student is None and config.student.model is None and config.student.from_teacher is None:
         raise DistillError("student.model (or student.from_teacher) is not set and no student module was passed")
-    run_dir = _prepare_run_dir(config, output, resume)
+    run_dir = _check_run_dir(config, output, resume)
     data = data or load_data(config)
     stages: dict[str, dict[str, Any]] = {}
 
@@ -222,10 +226,11 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         if config.teacher.weights:
             load_weights(teacher, config.teacher.weights)
     _check_outputs({"teacher": teacher}, data)
+    _save_recipe(config, run_dir)
     if teacher is not None:
         if config.teacher.train is not None:
             teacher, stages["teacher"] = _stage(
-                "teacher", teacher, config.teacher.model, data, objective=Objective.hard_labels(), recipe=config,
+                "teacher", teacher, config.teacher.model, data, objective=Objective.hard_labels(),
                 run_dir=run_dir, seed=config.seed + TEACHER_SEED_OFFSET, resume=resume, teacher=None,
                 training=config.teacher.train, show_progress=show_progress)
         teacher.eval().requires_grad_(False)
@@ -251,10 +256,10 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     if config.baseline:
         baseline, stages["baseline"] = _stage(
             "baseline", copy.deepcopy(student), config.student.model, data, objective=Objective.hard_labels(),
-            recipe=config, run_dir=run_dir, seed=config.seed, resume=resume, teacher=None, training=config.training,
+            run_dir=run_dir, seed=config.seed, resume=resume, teacher=None, training=config.training,
             show_progress=show_progress)
     student, stages["student"] = _stage(
-        "student", student, config.student.model, data, objective=Objective(config.objective), recipe=config,
+        "student", student, config.student.model, data, objective=Objective(config.objective),
         run_dir=run_dir, seed=config.seed, resume=resume, teacher=teacher, training=config.training,
         show_progress=show_progress)
 
