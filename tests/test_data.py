@@ -324,7 +324,7 @@ def test_load_files_errors_name_the_culprit(tmp_path):
 
     weird = tmp_path / "data.txt"
     weird.write_text("1,2\n")
-    with pytest.raises(DistillError, match=r"data\.txt.*csv, json, parquet") as err:
+    with pytest.raises(DistillError, match=r"data\.txt.*csv, json, parquet"):
         load_files(weird, features=["idx"], label="label")
     with pytest.raises(DistillError, match="xlsx"):
         load_files(good, features=["idx"], label="label", format="xlsx")

@@ -33,6 +33,17 @@ def test_run_directory_holds_every_artifact(finished):
     assert resolved["teacher"]["train"]["epochs"] == 4 and resolved["objective"]["terms"][0]["loss"] == "soft_kl"
     assert {line["stage"] for line in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())} == {
         "teacher", "baseline", "student"}
+    evals = [line for line in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+             if line["stage"] == "student" and "eval/accuracy" in line]
+    assert len(evals) == 3  # one validation pass per epoch
+    last = evals[-1]
+    assert {"eval/loss/soft", "eval/loss/hard"} <= set(last)
+    from distill.data import load_builtin
+
+    splits = load_builtin("digits")  # the run's validation split: seed 0, carved from training data
+    logits, labels = predict_logits(finished.student, ArrayDataset(splits.val_x, splits.val_y))
+    assert last["eval/accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item(), abs=1e-6)
+    assert last["eval/loss"] == pytest.approx(0.7 * last["eval/loss/soft"] + 0.3 * last["eval/loss/hard"], rel=1e-4)
 
 
 def test_metrics_are_complete_and_consistent(finished):

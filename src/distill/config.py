@@ -263,7 +263,8 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     valid_keys = _all_field_names(Recipe)
     problems = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"] if not str(part) in ("mlp", "cnn", "hf", "saved"))
+        # drop the union tags pydantic puts in the location (teacher.model.mlp.hidden -> teacher.model.hidden)
+        location = ".".join(str(part) for part in item["loc"] if str(part) not in ("mlp", "cnn", "hf", "saved"))
         if item["type"] == "extra_forbidden":
             key = str(item["loc"][-1])
             close = difflib.get_close_matches(key, valid_keys, n=1)
@@ -272,8 +273,12 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         else:
             message = item["msg"].removeprefix("Value error, ")
             shown = f"{location}: " if location else ""
-            problems.append(f"{shown}{message} (got {item.get('input')!r})" if item["type"] != "value_error"
-                            and not isinstance(item.get("input"), dict) else f"{shown}{message}")
+            given = item.get("input")
+            # A type/range error shows the offending value; our own checks already name it, and a whole section
+            # (a dict) would only be noise.
+            if item["type"] != "value_error" and not isinstance(given, dict):
+                message += f" (got {given!r})"
+            problems.append(shown + message)
     return f"invalid recipe {source}: " + "; ".join(problems)
 
 

@@ -17,17 +17,16 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from distill.checkpoint import write_json_atomic
 from distill.config import Recipe, load_recipe
 from distill.data import ArrayDataset, ArraySplits, load_builtin, load_files
 from distill.errors import DistillError
-from distill.data.tokens import collate_fn_of
 from distill.evaluate.report import evaluate_embeddings, evaluate_models, print_summary
 from distill.models import build_model, export_model, forward_logits, is_hf_model, load_saved, load_weights
 from distill.objective import Objective
-from distill.trainer import fit, mark_stage_done, stage_done
+from distill.trainer import fit, mark_stage_done, probe_batch, stage_done
 
 TEACHER_SEED_OFFSET = 1000
 
@@ -161,8 +160,7 @@ def _check_outputs(models: dict[str, nn.Module | None], data: RunData) -> None:
     the number of classes, and a model that cannot take the inputs fails here, not after an hour."""
     if data.num_classes is None:
         return  # not a classifier: the trainer's probe batch checks the signals instead
-    collate = collate_fn_of(data.train) or default_collate
-    probe = collate([data.train[index] for index in range(min(2, len(data.train)))])  # type: ignore[arg-type]
+    probe = probe_batch(data.train)
     sizes = {}
     for name, model in models.items():
         if model is None:

@@ -30,7 +30,6 @@ from distill.data.tokens import collate_fn_of
 from distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_json_atomic
 from distill.config import TrainingConfig
 from distill.errors import DistillError
-from distill.models import forward_logits
 from distill.objective import Objective
 
 DONE_FILE = "stage_done.json"
@@ -73,12 +72,15 @@ class DistillationStep(nn.Module):
 
     def forward(self, batch: dict[str, Any], teacher_signals: dict[str, Tensor] | None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
-        student_signals = self.capture.forward(self.student, batch)
+        return self.loss(self.capture.forward(self.student, batch), teacher_signals, batch)
+
+    def loss(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
+             batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(student_signals, teacher_signals, batch.get("labels"),
                               attention_mask=batch.get("attention_mask"))
 
 
-def _probe_batch(dataset: Dataset) -> dict[str, Any]:
+def probe_batch(dataset: Dataset) -> dict[str, Any]:
     collate = collate_fn_of(dataset) or default_collate
     return collate([dataset[index] for index in range(min(2, len(dataset)))])  # type: ignore[arg-type]
 
@@ -87,7 +89,8 @@ def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | No
                  ) -> tuple[DistillationStep, SignalCapture | None]:
     """Hook both models for the signals the objective reads and build adapters from a probe batch, before any
     training: an unknown module path or shapes no projection can reconcile fail here."""
-    student_capture = SignalCapture(model, objective.signals("student"), role="student")
+    # The output ("logits") is always kept: it costs nothing and validation reads accuracy from it.
+    student_capture = SignalCapture(model, objective.signals("student") | {"logits"}, role="student")
     teacher_capture = (SignalCapture(teacher, objective.signals("teacher"), role="teacher")
                        if objective.needs_teacher and teacher is not None else None)
     was_training = model.training
@@ -112,14 +115,15 @@ def validate(step_module: DistillationStep, teacher: nn.Module | None, teacher_c
     for batch in loader:
         batch = _to_device(batch, device)
         teacher_signals = teacher_capture.forward(teacher, batch) if teacher_capture is not None else None
-        total, terms = step_module(batch, teacher_signals)
+        # One student forward gives both the objective's signals and the logits for accuracy.
+        student_signals = step_module.capture.forward(step_module.student, batch)
+        total, terms = step_module.loss(student_signals, teacher_signals, batch)
         size = next(iter(batch.values())).shape[0]
         for name, value in (("eval/loss", total), *((f"eval/loss/{key}", value) for key, value in terms.items())):
             sums[name] = sums.get(name, 0.0) + float(value) * size
         count += size
         if "labels" in batch:
-            logits = forward_logits(step_module.student, batch)
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            correct += int((student_signals["logits"].argmax(-1) == batch["labels"]).sum())
     step_module.train()
     result = {name: round(value / max(count, 1), 6) for name, value in sums.items()}
     if "labels" in dataset[0]:  # type: ignore[index]
@@ -189,10 +193,10 @@ class RunLog:
     def truncate_after(self, stage: str, step: int) -> None:
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and not (json.loads(line).get("stage") == stage and json.loads(line).get("step", 0) > step)]
+        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [record for record in records if not (record.get("stage") == stage and record.get("step", 0) > step)]
         temporary = self.path.with_suffix(".partial")
-        temporary.write_text("".join(line + "\n" for line in kept))
+        temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
         temporary.replace(self.path)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -258,7 +262,7 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                         drop_last=True, collate_fn=collate_fn_of(train_dataset))
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    step_module, teacher_capture = prepare_step(model, objective, teacher, _probe_batch(train_dataset))
+    step_module, teacher_capture = prepare_step(model, objective, teacher, probe_batch(train_dataset))
     step_module.train()
     optimizer = make_optimizer([parameter for parameter in step_module.parameters() if parameter.requires_grad],
                                training)

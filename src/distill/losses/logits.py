@@ -6,7 +6,6 @@ caller can never train the teacher through a distillation term by mistake.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
