@@ -15,6 +15,9 @@ they are.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -51,7 +54,8 @@ class PackedBlocks(Dataset):
             raise DistillError(f"data.max_length (the block size) must be at least 2 tokens, got {block_size}")
         tokens = torch.as_tensor(stream, dtype=torch.long)
         count = max(0, (len(tokens) - 1) // block_size)
-        windows = torch.stack([tokens[i * block_size: (i + 1) * block_size + 1] for i in range(count)]) \
+        # Overlapping views (window i starts at i * block_size and holds block_size + 1 tokens): no copy.
+        windows = tokens[: count * block_size + 1].unfold(0, block_size + 1, block_size) \
             if count else torch.zeros((0, block_size + 1), dtype=torch.long)
         return cls(windows, dropped_tokens=len(tokens) - count * block_size)
 
@@ -80,8 +84,8 @@ def _eos_id(tokenizer: Any) -> int:
     return int(eos)
 
 
-def pack_texts(texts: Sequence[str], tokenizer: Any, block_size: int) -> PackedBlocks:
-    """Documents tokenised (no special tokens), each followed by EOS, concatenated and cut into blocks."""
+def token_stream(texts: Sequence[str], tokenizer: Any) -> list[int]:
+    """Documents tokenised (no special tokens), each followed by EOS, concatenated."""
     eos = _eos_id(tokenizer)
     stream: list[int] = []
     batch = 1000
@@ -89,7 +93,12 @@ def pack_texts(texts: Sequence[str], tokenizer: Any, block_size: int) -> PackedB
         for ids in tokenizer(list(texts[start:start + batch]), add_special_tokens=False)["input_ids"]:
             stream.extend(ids)
             stream.append(eos)
-    return PackedBlocks.from_stream(stream, block_size)
+    return stream
+
+
+def pack_texts(texts: Sequence[str], tokenizer: Any, block_size: int) -> PackedBlocks:
+    """Documents tokenised, each followed by EOS, concatenated and cut into blocks."""
+    return PackedBlocks.from_stream(token_stream(texts, tokenizer), block_size)
 
 
 # --------------------------------------------------------------------------------------------- chat
@@ -228,11 +237,36 @@ def _split_summary(name: str, dataset: Dataset) -> dict[str, Any]:
             "supervised_tokens": counts.supervised_tokens}
 
 
-def _kjv_splits(tokenizer: Any, block_size: int) -> dict[str, Dataset]:
-    from distill.data.text import kjv_lm_text
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    import hashlib
 
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    content = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def _kjv_stream(name: str, tokenizer: Any) -> torch.Tensor:
+    """The token ids of one KJV split, cached per tokenizer (tokenising 4 M characters takes ~10 s here)."""
+    from safetensors.torch import load_file, save_file
+
+    from distill.data.builtin import resolve_cache_dir
+    from distill.data.text import _version, kjv_lm_text
+
+    path = resolve_cache_dir() / f"kjv-tokens-{_version()}-{_tokenizer_fingerprint(tokenizer)}-{name}-v1.safetensors"
+    with contextlib.suppress(Exception):  # a missing or damaged cache is rebuilt
+        return load_file(str(path))["ids"].long()
     # One document per split: verses joined by newlines, in canonical order (books stay contiguous).
-    return {name: pack_texts([kjv_lm_text(name)], tokenizer, block_size) for name in ("train", "val", "test")}
+    ids = torch.tensor(token_stream([kjv_lm_text(name)], tokenizer), dtype=torch.int32)
+    temporary = path.with_name(path.name + f".{os.getpid()}.partial")
+    with contextlib.suppress(OSError):
+        save_file({"ids": ids}, str(temporary))
+        os.replace(temporary, path)
+    return ids.long()
+
+
+def _kjv_splits(tokenizer: Any, block_size: int) -> dict[str, Dataset]:
+    return {name: PackedBlocks.from_stream(_kjv_stream(name, tokenizer), block_size)
+            for name in ("train", "val", "test")}
 
 
 def _file_records(path: str, column: str, fmt: str | None) -> list[Any]:
