@@ -156,3 +156,43 @@ def test_llm_tiny_recipe_runs_through_the_cli_and_resumes_exactly(tmp_path):
     for key in full:
         assert torch.equal(full[key], again[key]), key
     assert json.loads((killed / "metrics.json").read_text())["stages"]["student"]["resumed_from_step"] == 2
+
+
+def test_hidden_state_alignment_term_runs_beside_token_kd_through_an_adapter(tmp_path):
+    dataset = ChatExamples(chats(4), tokenizer(), max_length=64)
+    teacher, student = tiny_llama(512, hidden=24, layers=3, seed=1), tiny_llama(512, hidden=16, seed=0)
+    objective = Objective(ObjectiveConfig(terms=[
+        {"name": "kd", "loss": "token_kd", "student": "final_hidden", "teacher": "final_hidden"},
+        {"name": "mid", "loss": "hint", "student": "hidden_states[1]", "teacher": "hidden_states[2]"}]))
+    training = TrainingConfig(max_steps=2, batch_size=2, optimizer="adamw", lr=1e-2, log_every=1, device="cpu")
+    result = fit(student, dataset, objective=objective, training=training, stage="student", run_dir=tmp_path,
+                 seed=0, teacher=teacher, show_progress=False)
+    assert tuple(objective.adapters["mid"].weight.shape) == (24, 16)  # student width 16 -> teacher width 24
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss/mid"] > 0 and log[-1]["loss/kd"] > 0 and result.steps == 2
+
+
+def test_ddp_two_processes_normalise_over_both_ranks(tmp_path):
+    """Rank 0 and rank 1 hold different numbers of supervised tokens; the normaliser counts both, so two
+    processes with batch 4 take the step one process with batch 8 takes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tokenizer()  # build the cached tokenizer once, before two processes race for it
+    root = Path(__file__).resolve().parents[1]
+    script = root / "tests" / "ddp_lm_fit.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "tests")}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2"]
+    subprocess.run([*launch, str(script), str(tmp_path / "ddp"), "4"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    ddp, single = load_file(str(tmp_path / "ddp" / "final.safetensors")), \
+        load_file(str(tmp_path / "single" / "final.safetensors"))
+    initial = tiny_llama(512, hidden=16, seed=0).state_dict()
+    assert max(float((single[key] - initial[key]).abs().max()) for key in single) > 1e-3
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
