@@ -98,3 +98,24 @@ def test_builtin_tokenizer_is_cached_and_chat_capable():
         from distill.causal_lm import load_tokenizer
 
         load_tokenizer("builtin:gpt5")
+
+
+def test_run_with_student_of_another_vocabulary_stops_before_any_training(tmp_path):
+    import distill
+
+    words = ["<unk>", "</s>", "light", "dark", "void", "form"]
+    for name, order, seed in (("teacher", words, 0), ("student", words[:2] + words[3:] + words[2:3], 1)):
+        tok = _word_tokenizer(order)
+        tok.eos_token = "</s>"
+        tok.save_pretrained(tmp_path / name)
+        tiny_llama(len(order), seed=seed).save_pretrained(tmp_path / name)
+    corpus = tmp_path / "text.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "light dark void form " * 8}) + "\n" for _ in range(20)))
+    recipe = {"data": {"path": str(corpus), "max_length": 8, "lm": {"format": "text"}},
+              "teacher": {"model": {"kind": "hf", "name_or_path": str(tmp_path / "teacher"), "task": "causal-lm"},
+                          "train": {"max_steps": 2, "batch_size": 2}},
+              "student": {"model": {"kind": "hf", "name_or_path": str(tmp_path / "student"), "task": "causal-lm"}},
+              "objective": {"terms": [{"loss": "token_kd", "student": "final_hidden", "teacher": "final_hidden"}]}}
+    with pytest.raises(DistillError, match="both tokenizers have 6 tokens, but 4 of them differ.*sequence-level"):
+        distill.train(recipe, output=tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()  # not even the teacher was trained

@@ -179,10 +179,8 @@ SEQUENCE_LEVEL_HINT = ("token-level distillation compares the two models' distri
                        "distillation: train the student with cross-entropy on text the teacher generates.")
 
 
-def shared_vocab_size(teacher_tokenizer: Any, student_tokenizer: Any, teacher: nn.Module, student: nn.Module
-                      ) -> int | None:
-    """Check that teacher and student share their vocabulary, and return how many logits to compare: None when
-    the heads are the same size, else the real vocabulary size both padded heads hold."""
+def check_same_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> int:
+    """Refuse tokenizers that differ in content (not just size); return the real vocabulary size (max id + 1)."""
     teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if teacher_vocab != student_vocab:
         if len(teacher_vocab) != len(student_vocab):
@@ -192,7 +190,14 @@ def shared_vocab_size(teacher_tokenizer: Any, student_tokenizer: Any, teacher: n
             problem = (f"both tokenizers have {len(teacher_vocab):,} tokens, but {len(differing):,} of them differ "
                        f"in text or id (e.g. {', '.join(repr(token) for token in differing[:3])})")
         raise DistillError(f"teacher and student tokenizers differ: {problem}. {SEQUENCE_LEVEL_HINT}")
-    real = max(teacher_vocab.values()) + 1
+    return max(teacher_vocab.values()) + 1
+
+
+def shared_vocab_size(teacher_tokenizer: Any, student_tokenizer: Any, teacher: nn.Module, student: nn.Module
+                      ) -> int | None:
+    """Check that teacher and student share their vocabulary, and return how many logits to compare: None when
+    the heads are the same size, else the real vocabulary size both padded heads hold."""
+    real = check_same_vocabulary(teacher_tokenizer, student_tokenizer)
     rows = {}
     for role, model in (("teacher", teacher), ("student", student)):
         check_linear_head(model, role)
@@ -203,10 +208,7 @@ def shared_vocab_size(teacher_tokenizer: Any, student_tokenizer: Any, teacher: n
     return None if rows["teacher"] == rows["student"] else real
 
 
-def check_pair(recipe: Any, data_tokenizer: Any, teacher: nn.Module, student: nn.Module) -> int | None:
-    """All vocabulary checks of an LM run, before any training: the data's tokenizer is the teacher's, and the
-    teacher's and the student's tokenizers hold the same tokens. Returns ``vocab_size`` for the loss (see
-    :func:`shared_vocab_size`)."""
+def _tokenizers(recipe: Any, data_tokenizer: Any) -> tuple[Any, Any]:
     teacher_tokenizer = tokenizer_of(recipe.teacher.model) or data_tokenizer
     student_tokenizer = (teacher_tokenizer if recipe.student.from_teacher is not None
                          else tokenizer_of(recipe.student.model) or data_tokenizer)
@@ -214,7 +216,19 @@ def check_pair(recipe: Any, data_tokenizer: Any, teacher: nn.Module, student: nn
         raise DistillError("data.tokenizer is not the teacher's tokenizer (their vocabularies differ), so the "
                            "teacher would read token ids it does not know; drop data.tokenizer to use the "
                            f"teacher's. {SEQUENCE_LEVEL_HINT}")
-    return shared_vocab_size(teacher_tokenizer, student_tokenizer, teacher, student)
+    return teacher_tokenizer, student_tokenizer
+
+
+def check_tokenizers(recipe: Any, data_tokenizer: Any) -> None:
+    """Before anything is trained (a teacher trained in the run included): the data's tokenizer is the
+    teacher's, and the student's holds the same tokens."""
+    check_same_vocabulary(*_tokenizers(recipe, data_tokenizer))
+
+
+def check_pair(recipe: Any, data_tokenizer: Any, teacher: nn.Module, student: nn.Module) -> int | None:
+    """The vocabulary checks once both models exist; returns ``vocab_size`` for the loss (see
+    :func:`shared_vocab_size`)."""
+    return shared_vocab_size(*_tokenizers(recipe, data_tokenizer), teacher, student)
 
 
 def with_vocab_size(objective: Any, vocab_size: int | None) -> Any:

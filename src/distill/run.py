@@ -247,6 +247,10 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         if config.teacher.weights:
             load_weights(teacher, config.teacher.weights)
     _check_outputs({"teacher": teacher}, data)
+    if language_model and data.tokenizer is not None and config.teacher.model is not None:
+        from distill.causal_lm import check_tokenizers
+
+        check_tokenizers(config, data.tokenizer)  # before a teacher is trained here, not after
     _save_recipe(config, run_dir)
     if teacher is not None:
         if config.teacher.train is not None:
