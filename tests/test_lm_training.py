@@ -51,7 +51,8 @@ def test_token_kd_top_k_of_whole_vocabulary_is_the_dense_loss_and_smaller_k_is_b
     student, teacher, labels = _finals(vocab=40)
     dense = token_kd(student, teacher, labels, temperature=1.5)
     torch.testing.assert_close(token_kd(student, teacher, labels, temperature=1.5, top_k=40), dense)
-    assert token_kd(student, teacher, labels, top_k=5, temperature=1.5).item() < dense.item()
+    # at temperature 1 bucketing the teacher's tail can only lose information: a lower bound of the dense loss
+    assert token_kd(student, teacher, labels, top_k=5).item() < token_kd(student, teacher, labels).item()
     with pytest.raises(DistillError, match="top_k works with divergence forward_kl only"):
         token_kd(student, teacher, labels, top_k=5, divergence="tv")
 
