@@ -202,6 +202,18 @@ def _stage(name: str, model: nn.Module, spec: Any, data: RunData, *, objective: 
     return result.model, info
 
 
+def evaluate_run_models(config: Recipe, models: dict[str, nn.Module], data: RunData, run_dir: Path, *,
+                        show_progress: bool = False) -> dict[str, Any]:
+    """Evaluate a run's models the way its recipe says: classification metrics or embedding fidelity."""
+    task = config.evaluation.task
+    if task == "auto":
+        task = "classification" if data.num_classes is not None else "embedding"
+    if task == "classification":
+        return evaluate_models(models, data.test, evaluation=config.evaluation, show_progress=show_progress,
+                               model_dirs={name: run_dir / name for name in models})
+    return evaluate_embeddings(models, data.test, evaluation=config.evaluation)
+
+
 def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | None = None, resume: bool = False,
           overrides: list[str] | None = None, teacher: nn.Module | None = None, student: nn.Module | None = None,
           data: RunData | None = None, show_progress: bool = True) -> RunResult:
@@ -263,13 +275,16 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
 
     models = {name: model for name, model in {"teacher": teacher, "baseline": baseline, "student": student}.items()
               if model is not None}
-    task = config.evaluation.task
-    if task == "auto":
-        task = "classification" if data.num_classes is not None else "embedding"
-    if task == "classification":
-        metrics = evaluate_models(models, data.test, evaluation=config.evaluation)
-    else:
-        metrics = evaluate_embeddings(models, data.test, evaluation=config.evaluation)
+    compression: dict[str, Any] = {}
+    if config.compress is not None:
+        from distill.compress import compress_student
+
+        for name, (model, info) in compress_student(student, config, data, teacher=teacher, run_dir=run_dir,
+                                                    resume=resume, show_progress=show_progress).items():
+            models[name], compression[name] = model, info
+    metrics = evaluate_run_models(config, models, data, run_dir, show_progress=show_progress)
+    if compression:
+        metrics["compression_variants"] = compression
     metrics.update({
         "recipe": config.name, "seed": config.seed, "steps": stages["student"]["steps"], "stages": stages,
         "data": data.summary, "wall_seconds": round(time.perf_counter() - started, 3),

@@ -1,0 +1,119 @@
+"""A run with compression, re-evaluated from disk with `distill eval`, whole and interrupted."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import distill
+from distill.cli import main
+from distill.compress import make_pruning_permanent, prune_magnitude, quantize_int8, weight_sparsity
+from distill.data import ArrayDataset, load_builtin
+from distill.evaluate.metrics import predict_logits
+from distill.models import load_saved
+from helpers import mlp
+
+QUICK = ["teacher.train.epochs=3", "training.epochs=2", "evaluation.latency_runs=5", "evaluation.latency_b1_runs=20",
+         "compress.quantize=int8", "compress.prune=0.5", "compress.finetune_steps=20"]
+
+
+@pytest.fixture(scope="module")
+def compressed_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("eval") / "digits"
+    return distill.train("digits-quick", output=run_dir, overrides=QUICK, show_progress=False)
+
+
+def _test_set():
+    splits = load_builtin("digits")
+    return ArrayDataset(splits.test_x, splits.test_y)
+
+
+def test_compressed_variants_are_exported_and_evaluated(compressed_run):
+    metrics = compressed_run.metrics
+    assert metrics["models"] == ["teacher", "baseline", "student", "student_int8", "student_pruned",
+                                 "student_pruned_int8"]
+    run_dir = compressed_run.run_dir
+    # int8 on disk: one byte per weight instead of four, for 64x16 + 16x10 weights (biases, scales and the
+    # safetensors header take the rest of these tiny files)
+    saved = metrics["student"]["size_bytes"] - metrics["student_int8"]["size_bytes"]
+    assert 3 * (64 * 16 + 16 * 10) * 0.75 < saved <= 3 * (64 * 16 + 16 * 10)
+    assert compressed_run.metrics["compression_variants"]["student_pruned"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    pruned = load_saved(run_dir / "student_pruned")
+    assert weight_sparsity(pruned) == pytest.approx(0.5, abs=1e-3)  # the fine-tune kept the pruned weights at zero
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert max(line["step"] for line in log if line["stage"] == "student_pruned") == 20
+    # the exported int8 student reloads to exactly the predictions evaluated in the run
+    test = _test_set()
+    reloaded, labels = predict_logits(load_saved(run_dir / "student_int8"), test)
+    assert int((reloaded.argmax(-1) != labels).sum()) == metrics["student_int8"]["errors"]
+    for name in ("student_int8", "student_pruned", "student_pruned_int8"):
+        assert metrics[name]["gap_recovered"] is None or isinstance(metrics[name]["gap_recovered"], float)
+        assert 0 <= metrics[name]["inherited_share"] <= 1
+
+
+def test_int8_quantization_is_close_to_float():
+    model = mlp(hidden=64)
+    inputs = torch.randn(256, 12)
+    quantized = quantize_int8(model)
+    assert quantized(inputs).shape == model(inputs).shape
+    # int8 weights with per-tensor scales: small, nonzero differences
+    difference = (quantized(inputs) - model(inputs)).abs().max().item()
+    assert 0 < difference < 0.05
+    assert (quantized(inputs).argmax(-1) == model(inputs).argmax(-1)).float().mean() > 0.95
+
+
+def test_global_magnitude_pruning_removes_the_smallest_weights():
+    model = mlp(hidden=64)
+    weights = torch.cat([model[0].weight.detach().abs().flatten(), model[2].weight.detach().abs().flatten()])
+    threshold = weights.sort().values[int(0.7 * len(weights)) - 1]
+    make_pruning_permanent(prune_magnitude(model, 0.7))
+    assert weight_sparsity(model) == pytest.approx(0.7, abs=1 / len(weights))
+    kept = torch.cat([model[0].weight.detach().abs().flatten(), model[2].weight.detach().abs().flatten()])
+    assert kept[kept > 0].min() >= threshold
+    assert "weight_orig" not in dict(model[0].named_parameters())
+
+
+def test_eval_cli_reproduces_the_runs_numbers(compressed_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(compressed_run.run_dir, copy)
+    result = CliRunner().invoke(main, ["eval", str(copy), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((copy / "metrics.json").read_text())
+    for name in compressed_run.metrics["models"]:
+        assert metrics[name]["errors"] == compressed_run.metrics[name]["errors"], name
+    assert metrics["complete"] and metrics["missing"] == []
+    assert metrics["stages"] == compressed_run.metrics["stages"]  # run facts kept
+
+
+def test_eval_of_an_interrupted_run_reports_what_exists(compressed_run, tmp_path):
+    # the state a kill during the student stage leaves: teacher and baseline done, student only checkpointed
+    run_dir = tmp_path / "interrupted"
+    shutil.copytree(compressed_run.run_dir, run_dir)
+    for name in ("student", "student_int8", "student_pruned", "student_pruned_int8", "metrics.json",
+                 "checkpoints/student_pruned"):
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = CliRunner().invoke(main, ["eval", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "student_int8: missing: not written" in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] is False
+    assert set(metrics["missing"]) == {"student_int8", "student_pruned", "student_pruned_int8"}
+    assert metrics["status"]["student"].startswith("checkpoint step 78 of 78")
+    # the last checkpoint is the finished student: same predictions as the exported one had
+    assert metrics["student"]["errors"] == compressed_run.metrics["student"]["errors"]
+    assert metrics["teacher"]["errors"] == compressed_run.metrics["teacher"]["errors"]
+
+    shutil.rmtree(run_dir / "checkpoints")
+    for name in ("teacher", "baseline"):
+        shutil.rmtree(run_dir / name)
+    result = CliRunner().invoke(main, ["eval", str(run_dir), "--quiet"])
+    assert result.exit_code == 2 and "holds no model to evaluate yet" in result.output
+    assert "student missing: the stage never started" in result.output
+
+
+def test_eval_of_a_directory_that_is_no_run(tmp_path):
+    result = CliRunner().invoke(main, ["eval", str(tmp_path)])
+    assert result.exit_code == 2 and "no recipe.yaml" in result.output
