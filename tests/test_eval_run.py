@@ -37,6 +37,7 @@ def test_compressed_variants_are_exported_and_evaluated(compressed_run):
     run_dir = compressed_run.run_dir
     # int8 on disk: one byte per weight instead of four, for 64x16 + 16x10 weights (biases, scales and the
     # safetensors header take the rest of these tiny files)
+    assert metrics["student_int8"]["params"] == metrics["student"]["params"] == 64 * 16 + 16 + 16 * 10 + 10
     saved = metrics["student"]["size_bytes"] - metrics["student_int8"]["size_bytes"]
     assert 3 * (64 * 16 + 16 * 10) * 0.75 < saved <= 3 * (64 * 16 + 16 * 10)
     assert compressed_run.metrics["compression_variants"]["student_pruned"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -117,3 +118,108 @@ def test_eval_of_an_interrupted_run_reports_what_exists(compressed_run, tmp_path
 def test_eval_of_a_directory_that_is_no_run(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(tmp_path)])
     assert result.exit_code == 2 and "no recipe.yaml" in result.output
+
+
+# ------------------------------------------------------------------------------------------ distill report
+def _browser():
+    return next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
+                None)
+
+
+@pytest.fixture(scope="module")
+def report(compressed_run, tmp_path_factory):
+    output = tmp_path_factory.mktemp("report")
+    result = CliRunner().invoke(main, ["report", str(compressed_run.run_dir), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_report_files_and_figures(report, compressed_run):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    saved = json.loads((report / "report.json").read_text())
+    assert [row["model"] for row in saved["rows"]][:3] == ["teacher", "baseline student", "distilled student"]
+    assert set(saved["figures"]) == {"curves.png", "accuracy-vs-latency.png", "accuracy-vs-size.png", "reliability.png",
+                                     "confusion.png", "inherited-errors.png"}
+    # the Pareto front is computed: no model off the front is both smaller and more accurate than one on it
+    rows = {row["model"]: row for row in saved["rows"]}
+    for name in saved["pareto"]["size"]:
+        assert not any(other["size_bytes"] < rows[name]["size_bytes"] and other["accuracy"] > rows[name]["accuracy"]
+                       for other in rows.values())
+    page = (report / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 6 and "<img" in page and 'src="http' not in page  # self-contained
+    for encoded in images:
+        assert Image.open(io.BytesIO(base64.b64decode(encoded))).size[0] > 300
+    markdown = (report / "report.md").read_text()
+    errors = compressed_run.metrics["student_int8"]["errors"]
+    assert f"| distilled student, int8 | {errors} |" in markdown and "![confusion](confusion.png)" in markdown
+
+
+def test_report_renders_in_headless_chromium(report, compressed_run, tmp_path):
+    import subprocess
+    from html.parser import HTMLParser
+
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (CI installs Debian's `chromium`; apt-get install -y chromium)")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                          "--dump-dom", (report / "report.html").resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+
+    class TableReader(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.inside, self.rows, self.cell = False, [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table" and dict(attrs).get("id") == "comparison":
+                self.inside = True
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.inside = False
+            elif self.inside and tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    reader = TableReader()
+    reader.feed(dom)
+    header, *rows = reader.rows
+    assert header[:3] == ["model", "errors", "accuracy"]
+    assert [row[0] for row in rows] == ["teacher", "baseline student", "distilled student", "distilled student, int8",
+                                        "distilled student, pruned + fine-tuned", "distilled student, pruned + int8"]
+    assert rows[2][1] == f"{compressed_run.metrics['student']['errors']:,}"
+    assert dom.count("data:image/png;base64,") == 6
+
+
+def test_report_refuses_runs_with_different_label_sets(compressed_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(compressed_run.run_dir, other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics["num_classes"], metrics["data"]["name"] = 3, "iris"
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(main, ["report", str(compressed_run.run_dir), str(other), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "different datasets or label sets" in result.output
+    assert "iris with 3 classes" in result.output
+
+
+def test_report_of_several_runs_prefixes_rows(compressed_run, tmp_path):
+    second = tmp_path / "second"
+    shutil.copytree(compressed_run.run_dir, second)
+    result = CliRunner().invoke(main, ["report", str(compressed_run.run_dir), str(second), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    rows = [row["model"] for row in json.loads((tmp_path / "r" / "report.json").read_text())["rows"]]
+    assert len(rows) == 12 and rows[0] == "digits: teacher" and rows[6] == "second: teacher"

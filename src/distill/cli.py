@@ -120,6 +120,19 @@ def sweep(recipe: str, seeds: int, overrides: tuple[str, ...], grid: tuple[str, 
         click.secho(f"crashed: {line}", fg="red", err=True)
 
 
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="report folder (default: the run directory for one run, ./report for several)")
+@_friendly
+def report(run_dirs: tuple[str, ...], output: str | None) -> None:
+    """Write report.html (self-contained), report.md and report.json comparing the models of RUN_DIRS."""
+    from distill.evaluate.html_report import build_report
+
+    result = build_report(list(run_dirs), output=output)
+    click.echo(f"report: {result.html}  ({result.markdown.name}, {result.json.name} and the figures beside it)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

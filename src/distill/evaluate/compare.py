@@ -18,8 +18,7 @@ from distill.errors import DistillError
 from distill.evaluate.metrics import (accuracy, agreement, calibration, confusion_matrix, error_count, gap_recovered,
                                       inherited_errors, macro_f1, mean_jsd_to_teacher, mean_kl_to_teacher,
                                       predict_logits)
-from distill.evaluate.speed import latency_ms, peak_forward_memory, size_on_disk, throughput
-from distill.models import count_parameters
+from distill.evaluate.speed import latency_ms, parameter_count, peak_forward_memory, size_on_disk, throughput
 
 # Rows that are students of the teacher (distilled or compressed variants); the baseline is the reference.
 STUDENT_PREFIX = "student"
@@ -77,7 +76,7 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
             single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
             memory = peak_forward_memory(model, batches["throughput"])
             metrics[name] = {
-                "params": count_parameters(model),
+                "params": parameter_count(model),
                 "size_bytes": size_on_disk(model_dirs[name]) if name in model_dirs else None,
                 "latency_ms": round(timing["median"], 4),
                 "latency_p95_ms": round(timing["p95"], 4),

@@ -58,6 +58,17 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(size(value) for value in model.state_dict().values())
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters, including the int8 weights that quantized modules keep packed outside ``parameters()``."""
+    count = sum(parameter.numel() for parameter in model.parameters())
+    for module in model.modules():
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            weight, bias = packed._weight_bias()
+            count += weight.numel() + (bias.numel() if bias is not None else 0)
+    return count
+
+
 def size_on_disk(directory: Path) -> int | None:
     """Bytes of the exported weights (``*.safetensors`` in the model folder); None when nothing was exported."""
     files = list(Path(directory).glob("*.safetensors")) if Path(directory).is_dir() else []

@@ -19,7 +19,7 @@ def _count(value: float) -> str:
 
 
 def _bytes(value: float) -> str:
-    return f"{value / 2**20:.2f} MiB"
+    return f"{value / 2**20:.2f} MiB" if value >= 2**20 else f"{value / 2**10:.1f} KiB"
 
 
 def _fixed(digits: int) -> Callable[[float], str]:
