@@ -223,3 +223,33 @@ def test_report_of_several_runs_prefixes_rows(compressed_run, tmp_path):
     assert result.exit_code == 0, result.output
     rows = [row["model"] for row in json.loads((tmp_path / "r" / "report.json").read_text())["rows"]]
     assert len(rows) == 12 and rows[0] == "digits: teacher" and rows[6] == "second: teacher"
+
+
+def test_compress_section_is_validated():
+    from distill.config import load_recipe
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError, match="compress: compress needs quantize: int8 and/or prune"):
+        load_recipe("digits-quick", ["compress.finetune_steps=0"])
+    with pytest.raises(DistillError, match="finetune_steps fine-tunes a pruned student"):
+        load_recipe("digits-quick", ["compress.quantize=int8", "compress.finetune_steps=10"])
+    with pytest.raises(DistillError, match="compress.prune"):
+        load_recipe("digits-quick", ["compress.prune=1.5"])
+    with pytest.raises(DistillError, match="compress.quantize"):
+        load_recipe("digits-quick", ["compress.quantize=int4"])
+
+
+def test_eval_refuses_a_run_whose_data_came_from_python(tmp_path):
+    from distill.run import RunData
+    from helpers import blobs
+
+    everything = blobs(160)
+    data = RunData(train=ArrayDataset(everything.inputs[:128].numpy(), everything.labels[:128].numpy()), val=None,
+                   test=ArrayDataset(everything.inputs[128:].numpy(), everything.labels[128:].numpy()),
+                   input_shape=(12,), num_classes=4)
+    recipe = {"name": "py", "data": {"dataset": "digits"}, "teacher": {}, "student": {},
+              "objective": {"alpha": 0.5}, "training": {"epochs": 1, "batch_size": 32},
+              "evaluation": {"latency_runs": 5, "latency_b1_runs": 20}}
+    distill.train(recipe, output=tmp_path / "py", teacher=mlp(seed=1), student=mlp(), data=data, show_progress=False)
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "py")])
+    assert result.exit_code == 2 and "data passed from Python" in result.output

@@ -71,7 +71,10 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
         for name, model in models.items():
             progress.update(task, description=f"evaluating {name}")
             model.to(device)
-            logits[name], labels = predict_logits(model, test, batch_size=evaluation.batch_size, device=device)
+            try:
+                logits[name], labels = predict_logits(model, test, batch_size=evaluation.batch_size, device=device)
+            except RuntimeError as error:  # shapes: a model meeting data it was not trained on
+                raise DistillError(f"the {name} cannot run on the evaluation inputs: {error}".split("\n")[0]) from None
             timing = latency_ms(model, batches["latency"], runs=evaluation.latency_runs)
             single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
             memory = peak_forward_memory(model, batches["throughput"])

@@ -119,6 +119,14 @@ def evaluate_run_dir(run_dir: str | Path, *, output: str | Path | None = None,
         raise DistillError(f"{run_dir} holds no recipe.yaml, so it is not a distill run directory")
     recipe = load_recipe(run_dir / "recipe.yaml")
     data = load_data(recipe)
+    previous_file = Path(output) if output else run_dir / "metrics.json"
+    if previous_file.is_file():
+        trained_on = json.loads(previous_file.read_text()).get("data", {})
+        if trained_on.get("name") != data.summary.get("name") or \
+                trained_on.get("test", trained_on.get("test_size")) != data.summary.get("test"):
+            raise DistillError(f"{run_dir} was evaluated on data {trained_on.get('name')!r} that its recipe does not "
+                               f"rebuild (the recipe gives {data.summary.get('name')!r}); runs on data passed from "
+                               "Python are re-evaluated from Python: distill.evaluate.compare.evaluate_models")
     models, status, folders = load_run_models(run_dir, recipe, data)
     if not models:
         raise DistillError(f"{run_dir} holds no model to evaluate yet: "
