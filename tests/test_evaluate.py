@@ -97,7 +97,7 @@ def _models(test=None):
 def test_side_by_side_rows_are_complete_and_consistent():
     test = blobs(200, seed=5)
     test.labels[:20] = (test.labels[:20] + 1) % 4  # label noise: mistakes even the best teacher makes
-    evaluation = EvaluationConfig(latency_runs=5, latency_b1_runs=20, throughput_batch_size=64)
+    evaluation = EvaluationConfig(latency_runs=5, latency_b1_runs=20, batch_size=64)
     metrics = evaluate_models(_models(test), test, evaluation=evaluation)
     assert metrics["teacher"]["errors"] < metrics["baseline"]["errors"]
     assert metrics["models"] == ["teacher", "baseline", "student"]

@@ -12,7 +12,7 @@ from distill.errors import DistillError
 from distill.sweep import grid_points, parse_grid, run_sweep
 
 TINY = ["teacher.train.epochs=1", "training.epochs=1", "baseline=false", "evaluation.latency_runs=5",
-        "evaluation.latency_b1_runs=20", "evaluation.throughput_batch_size=100", "data.train_subset=400"]
+        "evaluation.latency_b1_runs=20", "evaluation.batch_size=100", "data.train_subset=400"]
 
 
 def test_grid_parsing():

@@ -208,11 +208,11 @@ class EvaluationConfig(_Strict):
         "auto", description="auto: classification when the data has labels, else embedding fidelity")
     embedding_signal: str = Field("mean_pooled", description="the signal used as the embedding (embedding task)")
     neighbours: int = Field(10, gt=0, description="k of the nearest-neighbour overlap (embedding task)")
-    batch_size: int = Field(1000, gt=0)
+    batch_size: int = Field(1000, gt=0, description="batch size of the prediction pass, which also gives the "
+                            "throughput, and of the peak-memory pass")
     latency_batch_size: int = Field(100, gt=0, description="batch size of the timed forward passes")
     latency_runs: int = Field(30, ge=5, description="timed runs (after warm-up); the median is reported")
     latency_b1_runs: int = Field(50, ge=20, description="timed runs at batch size 1 (median and p95 reported)")
-    throughput_batch_size: int = Field(1000, gt=0, description="batch size of the throughput and peak-memory passes")
     calibration_bins: int = Field(15, gt=0, description="equal-width confidence bins of the ECE and reliability diagram")
 
 

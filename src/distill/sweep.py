@@ -116,11 +116,13 @@ def run_sweep(recipe: str | Path, *, seeds: int, overrides: list[str] | None = N
 
     if seeds < 1:
         raise DistillError(f"--seeds must be at least 1, got {seeds}")
-    base = load_recipe(recipe, overrides)  # a bad recipe fails here, before any run
     parsed_grid = parse_grid(grid or [])
     points = grid_points(parsed_grid)
-    for point in points:  # every grid value must make a valid recipe, checked before anything runs
-        load_recipe(recipe, [*(overrides or []), *(f"{key}={json.dumps(value)}" for key, value in point.items())])
+    # every grid point must make a valid recipe (the base alone need not: --set may only make sense with a
+    # grid value), checked before anything runs
+    recipes = [load_recipe(recipe, [*(overrides or []), *(f"{key}={json.dumps(value)}" for key, value in point.items())])
+               for point in points]
+    base = recipes[0]
     output = Path(output or Path("runs") / f"sweep-{base.name}")
     output.mkdir(parents=True, exist_ok=True)
     seed_list = [base.seed + index for index in range(seeds)]

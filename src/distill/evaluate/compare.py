@@ -3,6 +3,7 @@ for every model on the same test set, measured the same way in one process."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from distill.config import EvaluationConfig
 from distill.data.tokens import collate_fn_of
 from distill.errors import DistillError
 from distill.evaluate.metrics import (accuracy, agreement, calibration, confusion_matrix, error_count, gap_recovered,
-                                      inherited_errors, macro_f1, mean_jsd_to_teacher, mean_kl_to_teacher,
-                                      predict_logits)
-from distill.evaluate.speed import latency_ms, parameter_count, peak_forward_memory, size_on_disk, throughput
+                                      inherited_errors, macro_f1, mean_jsd_to_teacher, mean_kl_to_teacher)
+from distill.evaluate.speed import latency_ms, parameter_count, peak_forward_memory, size_on_disk
+from distill.models import forward_logits
 
 # Rows that are students of the teacher (distilled or compressed variants); the baseline is the reference.
 STUDENT_PREFIX = "student"
@@ -29,6 +30,35 @@ def first_batch(dataset: Dataset, batch_size: int, device: str | torch.device) -
                         collate_fn=collate_fn_of(dataset))
     batch = next(iter(loader))
     return {key: value.to(device) for key, value in batch.items() if key != "labels"}
+
+
+@torch.no_grad()
+def predict_timed(model: nn.Module, dataset: Dataset, *, batch_size: int, device: str | torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Logits and labels of the whole dataset, and the throughput of these very forward passes (samples/s: the
+    batch size over the median time of the full-size batches after the first, which is the warm-up); the
+    prediction pass doubles as the throughput measurement rather than timing extra passes."""
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels, seconds = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn_of(dataset))
+    for batch in loader:
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        size = int(batch["labels"].shape[0])
+        if not seconds and len(dataset) <= batch_size:  # type: ignore[arg-type]
+            forward_logits(model, batch)  # a single batch: warm up on it before timing it
+        start = time.perf_counter()
+        output = forward_logits(model, batch)
+        if output.is_cuda:
+            torch.cuda.synchronize(output.device)
+        seconds.append((size, time.perf_counter() - start))
+        all_logits.append(output.float().cpu())
+        all_labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    full = [elapsed for size, elapsed in seconds if size == seconds[0][0]]
+    timed = full[1:] or full
+    rate = seconds[0][0] / max(statistics.median(timed), 1e-9)
+    return torch.cat(all_logits), torch.cat(all_labels), rate
 
 
 def check_label_sets(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> int:
@@ -61,7 +91,7 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
     batches = {
         "latency": first_batch(test, evaluation.latency_batch_size, device),
         "single": first_batch(test, 1, device),
-        "throughput": first_batch(test, evaluation.throughput_batch_size, device),
+        "throughput": first_batch(test, evaluation.batch_size, device),
     }
     logits: dict[str, torch.Tensor] = {}
     metrics: dict[str, Any] = {"models": list(models)}
@@ -72,12 +102,13 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
             progress.update(task, description=f"evaluating {name}")
             model.to(device)
             try:
-                logits[name], labels = predict_logits(model, test, batch_size=evaluation.batch_size, device=device)
+                logits[name], labels, samples_per_second = predict_timed(model, test, batch_size=evaluation.batch_size,
+                                                                         device=device)
             except RuntimeError as error:  # shapes: a model meeting data it was not trained on
                 raise DistillError(f"the {name} cannot run on the evaluation inputs: {error}".split("\n")[0]) from None
             timing = latency_ms(model, batches["latency"], runs=evaluation.latency_runs)
             single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
-            memory = peak_forward_memory(model, batches["throughput"])
+            memory = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
             metrics[name] = {
                 "params": parameter_count(model),
                 "size_bytes": size_on_disk(model_dirs[name]) if name in model_dirs else None,
@@ -85,7 +116,7 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
                 "latency_p95_ms": round(timing["p95"], 4),
                 "latency_b1_ms": round(single["median"], 4),
                 "latency_b1_p95_ms": round(single["p95"], 4),
-                "throughput": round(throughput(model, batches["throughput"]), 1),
+                "throughput": round(samples_per_second, 1),
                 "peak_memory_bytes": memory["total"],
                 "activation_memory_bytes": memory["activations"],
             }

@@ -35,12 +35,6 @@ def latency_ms(model: torch.nn.Module, batch: dict[str, Tensor], *, runs: int = 
             "runs": runs, "threads": torch.get_num_threads(), "batch_size": int(next(iter(batch.values())).shape[0])}
 
 
-def throughput(model: torch.nn.Module, batch: dict[str, Tensor], *, runs: int = 5, warmup: int = 1) -> float:
-    """Samples per second at the batch size of ``batch``: batch size / median forward time."""
-    timing = latency_ms(model, batch, runs=runs, warmup=warmup)
-    return timing["batch_size"] / (timing["median"] / 1000)
-
-
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of everything the model holds (parameters, buffers, packed quantized weights), as its state dict
     stores it: int8 weights count one byte per element."""
@@ -76,7 +70,7 @@ def size_on_disk(directory: Path) -> int | None:
 
 
 @torch.no_grad()
-def peak_forward_memory(model: torch.nn.Module, batch: dict[str, Tensor]) -> dict[str, int]:
+def peak_forward_memory(model: torch.nn.Module, batch: dict[str, Tensor], *, warmup: bool = True) -> dict[str, int]:
     """Peak memory of one forward pass on ``batch``: the model's weights plus the peak of the bytes the pass
     allocates and has not yet freed (activations, workspaces).
 
@@ -86,7 +80,8 @@ def peak_forward_memory(model: torch.nn.Module, batch: dict[str, Tensor]) -> dic
     allocator, and the running sum's maximum is the pass's own peak, independent of what ran before."""
     was_training = model.training
     model.eval()
-    forward_logits(model, batch)  # warm-up: lazy packing, workspace creation
+    if warmup:  # lazy packing, workspace creation: not part of a steady-state forward
+        forward_logits(model, batch)
     device = next(iter(batch.values())).device
     weights = weight_bytes(model)
     if device.type == "cuda":
