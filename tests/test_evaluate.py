@@ -129,3 +129,36 @@ def test_empty_evaluation_split_is_refused():
     empty = ArrayDataset(torch.zeros(0, 12).numpy(), torch.zeros(0, dtype=torch.long).numpy())
     with pytest.raises(DistillError, match="evaluation split is empty"):
         evaluate_models(_models(), empty, evaluation=EvaluationConfig())
+
+
+def test_pareto_front():
+    from distill.evaluate.plots import pareto_front
+
+    points = [("fast", 1.0, 0.90), ("best", 2.0, 0.95), ("dominated", 3.0, 0.93), ("tiny", 0.5, 0.50)]
+    assert pareto_front(points) == ["fast", "best", "tiny"]
+    assert pareto_front([("a", 1, 20.0), ("b", 2, 15.0), ("c", 3, 18.0)], lower_is_better=True) == ["a", "b"]
+
+
+def test_report_takes_a_language_model_run_with_perplexity(tmp_path):
+    """Another model kind slots in by its keys: rows with perplexity and no accuracy get a perplexity column and
+    perplexity Pareto plots (lower is better), without a new table."""
+    import json
+
+    from distill.evaluate.html_report import build_report
+
+    run = tmp_path / "lm"
+    run.mkdir()
+    rows = {"teacher": {"perplexity": 12.5, "params": 135_000_000, "size_bytes": 540_000_000, "latency_b1_ms": 30.0},
+            "student": {"perplexity": 18.0, "params": 30_000_000, "size_bytes": 120_000_000, "latency_b1_ms": 9.0},
+            "student_int8": {"perplexity": 18.4, "params": 30_000_000, "size_bytes": 40_000_000,
+                             "latency_b1_ms": 12.0}}
+    (run / "metrics.json").write_text(json.dumps({"models": list(rows), **rows, "data": {"name": "kjv-verses"},
+                                                  "threads": 2}))
+    (run / "log.jsonl").write_text(json.dumps({"stage": "student", "step": 10, "loss": 2.0, "loss/kd": 1.5}) + "\n")
+    result = build_report([run])
+    saved = json.loads(result.json.read_text())
+    assert "perplexity-vs-latency.png" in saved["figures"] and "curves.png" in saved["figures"]
+    # int8 is slower here and worse: off the latency front; smallest: on the size front
+    assert saved["pareto"]["latency"] == ["teacher", "distilled student"]
+    assert saved["pareto"]["size"] == ["teacher", "distilled student", "distilled student, int8"]
+    assert "| distilled student | 18.00 |" in result.markdown.read_text()

@@ -97,22 +97,27 @@ def build_report(run_dirs: list[str | Path], *, output: str | Path | None = None
         curves = plots.training_curves(run.log, f"training curves: {run.label}")
         if curves:
             figures[f"curves-{index}" if several else "curves"] = curves
-    accuracy_rows = [(label, row) for label, row in rows if row.get("accuracy") is not None]
+    # the quality axis of the Pareto plots: accuracy for classifiers, perplexity for language models (lower is
+    # better), cosine to the teacher for encoders
+    quality = next((key for key in ("accuracy", "perplexity", "cosine") if any(row.get(key) is not None
+                                                                              for _, row in rows)), None)
+    lower_is_better = quality == "perplexity"
+    scored = [(label, row) for label, row in rows if quality and row.get(quality) is not None]
     pareto: dict[str, list[str]] = {}
-    timed = [(label, row["latency_b1_ms"], row["accuracy"]) for label, row in accuracy_rows
-             if row.get("latency_b1_ms") is not None]
+    timed = [(label, row["latency_b1_ms"], row[quality]) for label, row in scored if row.get("latency_b1_ms")]
     if timed:
-        figures["accuracy-vs-latency"] = plots.pareto_plot(
-            timed, xlabel="latency at batch 1, median (ms, log scale)", ylabel="test accuracy",
-            title="accuracy vs latency")
-        pareto["latency"] = plots.pareto_front(timed)
-    sized = [(label, row["size_bytes"], row["accuracy"]) for label, row in accuracy_rows if row.get("size_bytes")]
+        figures[f"{quality}-vs-latency"] = plots.pareto_plot(
+            timed, xlabel="latency at batch 1, median (ms, log scale)", ylabel=f"test {quality}",
+            title=f"{quality} vs latency", lower_is_better=lower_is_better)
+        pareto["latency"] = plots.pareto_front(timed, lower_is_better=lower_is_better)
+    sized = [(label, row["size_bytes"], row[quality]) for label, row in scored if row.get("size_bytes")]
     if sized:
         unit, scale = ("MiB", 2**20) if max(size for _, size, _ in sized) >= 2**20 else ("KiB", 2**10)
-        figures["accuracy-vs-size"] = plots.pareto_plot(
-            [(label, size / scale, accuracy) for label, size, accuracy in sized],
-            xlabel=f"size on disk ({unit}, log scale)", ylabel="test accuracy", title="accuracy vs size")
-        pareto["size"] = plots.pareto_front(sized)
+        figures[f"{quality}-vs-size"] = plots.pareto_plot(
+            [(label, size / scale, value) for label, size, value in sized],
+            xlabel=f"size on disk ({unit}, log scale)", ylabel=f"test {quality}", title=f"{quality} vs size",
+            lower_is_better=lower_is_better)
+        pareto["size"] = plots.pareto_front(sized, lower_is_better=lower_is_better)
     details = [(row_label(run, name), run.metrics.get("details", {}).get(name, {}))
                for run in runs for name in model_names(run.metrics)]
     reliability = [(label, detail["reliability"]) for label, detail in details if "reliability" in detail]
@@ -166,8 +171,9 @@ INHERITED_HEADERS = ["model", "teacher errors", "same wrong answer", "inherited 
 
 CAPTIONS = {
     "curves": "Training curves: every loss term by name, per stage (dashed: validation).",
-    "accuracy-vs-latency": "Accuracy against latency at batch 1; circled points are on the Pareto front.",
-    "accuracy-vs-size": "Accuracy against size on disk of the exported weights; circled points are on the Pareto front.",
+    "vs-latency": "Quality against latency at batch 1; circled points are on the Pareto front (no other model is "
+                  "both faster and better).",
+    "vs-size": "Quality against size on disk of the exported weights; circled points are on the Pareto front.",
     "reliability": "Reliability diagrams: accuracy per confidence bin against the diagonal of perfect calibration.",
     "confusion": "Confusion matrices, row-normalised (log colour scale), counts in the cells.",
     "inherited-errors": "Inherited errors: where the teacher is wrong, does the model repeat the same wrong answer? "
@@ -176,7 +182,11 @@ CAPTIONS = {
 
 
 def _caption(name: str) -> str:
-    return CAPTIONS.get(name.split("-")[0] if name.startswith("curves") else name, name)
+    if name.startswith("curves"):
+        return CAPTIONS["curves"]
+    if name.endswith(("-vs-latency", "-vs-size")):
+        return CAPTIONS[name[name.index("-vs-") + 1:]]
+    return CAPTIONS.get(name, name)
 
 
 def _markdown(runs: list[RunRecord], rows: list[tuple[str, dict[str, Any]]],

@@ -51,8 +51,11 @@ def training_curves(log: list[dict[str, Any]], title: str) -> bytes | None:
     return to_png(figure)
 
 
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names of the points no other point beats on both cost (lower) and accuracy (higher)."""
+def pareto_front(points: list[tuple[str, float, float]], *, lower_is_better: bool = False) -> list[str]:
+    """Names of the points no other point beats on both cost (lower) and quality (higher, or lower when
+    ``lower_is_better``, e.g. perplexity)."""
+    if lower_is_better:
+        points = [(name, cost, -score) for name, cost, score in points]
     front = []
     for name, cost, score in points:
         dominated = any((other_cost <= cost and other_score >= score) and (other_cost < cost or other_score > score)
@@ -63,9 +66,9 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
 
 
 def pareto_plot(points: list[tuple[str, float, float]], *, xlabel: str, ylabel: str, title: str,
-                log_x: bool = True) -> bytes:
+                log_x: bool = True, lower_is_better: bool = False) -> bytes:
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
-    front = pareto_front(points)
+    front = pareto_front(points, lower_is_better=lower_is_better)
     for index, (name, cost, score) in enumerate(points):
         on_front = name in front
         axis.scatter(cost, score, s=60 if on_front else 35, color=COLOURS[index % len(COLOURS)],
@@ -73,6 +76,8 @@ def pareto_plot(points: list[tuple[str, float, float]], *, xlabel: str, ylabel: 
     frontier = sorted((cost, score) for name, cost, score in points if name in front)
     if len(frontier) > 1:
         axis.step(*zip(*frontier), where="post", color="grey", linestyle=":", zorder=2, label="Pareto front")
+    if lower_is_better:
+        axis.invert_yaxis()  # better stays up
     if log_x and all(cost > 0 for _, cost, _ in points):
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
