@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 
 from distill.config import EvaluationConfig
 from distill.evaluate.compare import evaluate_models  # noqa: F401  (its home before compare.py)
-from distill.evaluate.table import cell, columns_for, rows_of
+from distill.evaluate.table import cell, columns_for, model_names
 from distill.models import count_parameters
 
 
@@ -49,17 +50,20 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     if metrics.get("task") == "embedding":
         return _embedding_table(metrics)
     table = Table(title=f"{metrics.get('recipe', 'run')} (test set of {metrics.get('test_size')}, seed "
-                        f"{metrics.get('seed')}, {metrics.get('threads')} threads)")
-    rows = rows_of(metrics)
-    # the terminal is narrow: the full set of columns goes to report.md / report.html
-    shown = {"errors", "accuracy", "agreement", "gap_recovered", "inherited_share", "ece", "params", "size_bytes",
-             "latency_b1_ms", "throughput", "perplexity"}
-    columns = [column for column in columns_for(rows) if column.key in shown]
-    table.add_column("model")
+                        f"{metrics.get('seed')}, {metrics.get('threads')} threads)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    names = model_names(metrics)
+    rows = [(name, metrics[name]) for name in names]
+    # the terminal is narrow: short headers, the columns that decide; every column is in report.md / report.html
+    short = {"errors": "errors", "accuracy": "accuracy", "perplexity": "ppl", "agreement": "agrees",
+             "gap_recovered": "gap rec.", "inherited_share": "inherits", "size_bytes": "size",
+             "latency_b1_ms": "ms@b1"}
+    columns = [column for column in columns_for(rows) if column.key in short]
+    table.add_column("model", no_wrap=True)
     for column in columns:
-        table.add_column(column.header, justify="right")
-    for label, row in rows:
-        table.add_row(label, *(cell(column, row) for column in columns))
+        table.add_column(short[column.key], justify="right", no_wrap=True)
+    for name, row in rows:
+        table.add_row(name, *(cell(column, row) for column in columns))
     return table
 
 
