@@ -253,3 +253,10 @@ def test_eval_refuses_a_run_whose_data_came_from_python(tmp_path):
     distill.train(recipe, output=tmp_path / "py", teacher=mlp(seed=1), student=mlp(), data=data, show_progress=False)
     result = CliRunner().invoke(main, ["eval", str(tmp_path / "py")])
     assert result.exit_code == 2 and "data passed from Python" in result.output
+
+
+def test_resume_accepts_changed_evaluation_settings(compressed_run):
+    again = distill.train("digits-quick", output=compressed_run.run_dir,
+                          overrides=[*QUICK, "evaluation.calibration_bins=10"], resume=True, show_progress=False)
+    assert again.metrics["details"]["student"]["reliability"]["bins"] == 10
+    assert again.metrics["student"]["errors"] == compressed_run.metrics["student"]["errors"]

@@ -126,7 +126,8 @@ def _check_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> P
         if not resume:
             raise DistillError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --output")
         previous = yaml.safe_load(saved.read_text())
-        differing = _differences(previous, recipe.model_dump(mode="json"), ignore={"output"})
+        # evaluation settings do not touch training (and gain fields over versions): they may change on resume
+        differing = _differences(previous, recipe.model_dump(mode="json"), ignore={"output", "evaluation"})
         if differing:
             raise DistillError(f"cannot resume {run_dir}: the recipe differs from the one it was started with at "
                                f"{', '.join(differing[:8])}. Resume with the same recipe, or start a new --output.")
