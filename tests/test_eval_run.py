@@ -107,6 +107,15 @@ def test_eval_of_an_interrupted_run_reports_what_exists(compressed_run, tmp_path
     assert metrics["student"]["errors"] == compressed_run.metrics["student"]["errors"]
     assert metrics["teacher"]["errors"] == compressed_run.metrics["teacher"]["errors"]
 
+    # the report of an interrupted run evaluates it first (no metrics.json yet) and says what is missing
+    (run_dir / "metrics.json").unlink()
+    result = CliRunner().invoke(main, ["report", str(run_dir), "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    notes = json.loads((tmp_path / "report" / "report.json").read_text())["notes"]
+    assert "interrupted: student checkpoint step 78 of 78 (stage unfinished)" in notes
+    assert "interrupted: student_int8 missing: not written (the run stopped before compression)" in notes
+    assert "student_int8 missing" in (tmp_path / "report" / "report.html").read_text()
+
     shutil.rmtree(run_dir / "checkpoints")
     for name in ("teacher", "baseline"):
         shutil.rmtree(run_dir / name)
