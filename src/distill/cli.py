@@ -75,6 +75,64 @@ def check(recipe: str, overrides: tuple[str, ...]) -> None:
     click.echo(load_recipe(recipe, list(overrides)).to_yaml())
 
 
+@main.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="results file (default: RUN_DIR/metrics.json)")
+@click.option("--quiet", is_flag=True, help="no progress bar or table")
+@_friendly
+def eval_command(run_dir: str, output: str | None, quiet: bool) -> None:
+    """Re-evaluate RUN_DIR from the models it holds (a finished or an interrupted run)."""
+    from pathlib import Path
+
+    from distill.evaluate.report import print_summary
+    from distill.evaluate.rundir import evaluate_run_dir
+
+    metrics = evaluate_run_dir(run_dir, output=output, show_progress=not quiet)
+    if not quiet:
+        print_summary(metrics, Path(run_dir))
+    for name, reason in metrics["status"].items():
+        if reason != "exported":
+            click.secho(f"{name}: {reason}", fg="yellow")
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--seeds", type=int, default=5, show_default=True, help="runs per setting: the recipe's seed + 0..N-1")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="sweep a field over values, e.g. --grid objective.temperature=1,4,20 (repeatable: a full grid)")
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="sweep directory (default: runs/sweep-<name>)")
+@click.option("--quiet", is_flag=True, help="no progress bar or table")
+@_friendly
+def sweep(recipe: str, seeds: int, overrides: tuple[str, ...], grid: tuple[str, ...], output: str | None,
+          quiet: bool) -> None:
+    """Run RECIPE over seeds (and a grid of settings); write a mean ± std table (sweep.md, sweep.json)."""
+    from distill.sweep import run_sweep
+
+    result = run_sweep(recipe, seeds=seeds, overrides=list(overrides), grid=list(grid), output=output,
+                       show_progress=not quiet)
+    if not quiet:
+        click.echo(result.markdown)
+    click.echo(f"results: {result.output}/sweep.md, {result.output}/sweep.json")
+    crashed = [f"{point['name']} seed {run['seed']}: {run['error']}" for point in result.summary["points"]
+               for run in point["runs"] if run["status"] != "done"]
+    for line in crashed:
+        click.secho(f"crashed: {line}", fg="red", err=True)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="report folder (default: the run directory for one run, ./report for several)")
+@_friendly
+def report(run_dirs: tuple[str, ...], output: str | None) -> None:
+    """Write report.html (self-contained), report.md and report.json comparing the models of RUN_DIRS."""
+    from distill.evaluate.html_report import build_report
+
+    result = build_report(list(run_dirs), output=output)
+    click.echo(f"report: {result.html}  ({result.markdown.name}, {result.json.name} and the figures beside it)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

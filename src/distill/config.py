@@ -244,9 +244,28 @@ class EvaluationConfig(_Strict):
                                                                 "held-out tokens (the first blocks)")
     embedding_signal: str = Field("mean_pooled", description="the signal used as the embedding (embedding task)")
     neighbours: int = Field(10, gt=0, description="k of the nearest-neighbour overlap (embedding task)")
-    batch_size: int = Field(1000, gt=0)
+    batch_size: int = Field(1000, gt=0, description="batch size of the prediction pass, which also gives the "
+                            "throughput, and of the peak-memory pass")
     latency_batch_size: int = Field(100, gt=0, description="batch size of the timed forward passes")
     latency_runs: int = Field(30, ge=5, description="timed runs (after warm-up); the median is reported")
+    latency_b1_runs: int = Field(50, ge=20, description="timed runs at batch size 1 (median and p95 reported)")
+    calibration_bins: int = Field(15, gt=0, description="equal-width confidence bins of the ECE and reliability diagram")
+
+
+class CompressConfig(_Strict):
+    """Compression of the distilled student after training; each variant is evaluated like the others."""
+    quantize: Literal["none", "int8"] = Field("none", description="int8: PyTorch dynamic quantization of Linear layers")
+    prune: float | None = Field(None, gt=0, lt=1, description="global magnitude pruning of weights to this sparsity")
+    finetune_steps: int = Field(0, ge=0, description="distillation fine-tune steps after pruning (the run's objective)")
+    finetune_lr: float | None = Field(None, gt=0, description="fine-tune learning rate (default: training.lr / 10)")
+
+    @model_validator(mode="after")
+    def _something(self) -> "CompressConfig":
+        if self.quantize == "none" and self.prune is None:
+            raise ValueError("compress needs quantize: int8 and/or prune: SPARSITY")
+        if self.finetune_steps and self.prune is None:
+            raise ValueError("compress.finetune_steps fine-tunes a pruned student; set compress.prune")
+        return self
 
 
 class OutputConfig(_Strict):
@@ -265,6 +284,7 @@ class Recipe(_Strict):
     objective: ObjectiveConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    compress: CompressConfig | None = Field(None, description="quantize and/or prune the distilled student")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def needs_teacher(self) -> bool:

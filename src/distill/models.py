@@ -195,6 +195,10 @@ def load_saved(path: str | Path) -> nn.Module:
     if not config_file.is_file():
         raise DistillError(f"{directory} holds no exported model ({CONFIG_FILE} missing)")
     config = json.loads(config_file.read_text())
+    if config.get("quantization"):  # an int8 variant written by distill.compress
+        from distill.compress import load_quantized
+
+        return load_quantized(directory)
     if "distill_model" not in config:
         if "python_class" in config:
             raise DistillError(f"{directory} holds weights of the Python class {config['python_class']}; build that "

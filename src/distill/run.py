@@ -146,7 +146,8 @@ def _check_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> P
         if not resume:
             raise DistillError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --output")
         previous = yaml.safe_load(saved.read_text())
-        differing = _differences(previous, recipe.model_dump(mode="json"), ignore={"output"})
+        # evaluation settings do not touch training (and gain fields over versions): they may change on resume
+        differing = _differences(previous, recipe.model_dump(mode="json"), ignore={"output", "evaluation"})
         if differing:
             raise DistillError(f"cannot resume {run_dir}: the recipe differs from the one it was started with at "
                                f"{', '.join(differing[:8])}. Resume with the same recipe, or start a new --output.")
@@ -220,6 +221,30 @@ def _stage(name: str, model: nn.Module, spec: Any, data: RunData, *, objective: 
             "resumed_from_step": result.resumed_from_step}
     mark_stage_done(run_dir, name, info)
     return result.model, info
+
+
+def evaluation_task(config: Recipe, data: RunData) -> str:
+    task = config.evaluation.task
+    if task != "auto":
+        return task
+    if config.data.is_language_modeling:
+        return "language-modeling"
+    return "classification" if data.num_classes is not None else "embedding"
+
+
+def evaluate_run_models(config: Recipe, models: dict[str, nn.Module], data: RunData, run_dir: Path, *,
+                        show_progress: bool = False, vocab_size: int | None = None) -> dict[str, Any]:
+    """Evaluate a run's models the way its recipe says: classification metrics, LM perplexity or embedding
+    fidelity."""
+    task = evaluation_task(config, data)
+    if task == "language-modeling":
+        from distill.evaluate.lm import evaluate_language_models
+
+        return evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=vocab_size)
+    if task == "classification":
+        return evaluate_models(models, data.test, evaluation=config.evaluation, show_progress=show_progress,
+                               model_dirs={name: run_dir / name for name in models})
+    return evaluate_embeddings(models, data.test, evaluation=config.evaluation)
 
 
 def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | None = None, resume: bool = False,
@@ -298,28 +323,26 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
 
     models = {name: model for name, model in {"teacher": teacher, "baseline": baseline, "student": student}.items()
               if model is not None}
-    task = config.evaluation.task
-    if task == "auto":
-        task = ("language-modeling" if language_model else
-                "classification" if data.num_classes is not None else "embedding")
-    if task == "language-modeling":
-        from distill.evaluate.lm import evaluate_language_models
+    compression: dict[str, Any] = {}
+    if config.compress is not None:
+        from distill.compress import compress_student
 
-        metrics = evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=shared_vocab)
-        if data.tokenizer is not None:  # exported models come with their tokenizer, ready for from_pretrained
-            for name in models:
-                if name != "teacher" or config.teacher.train is not None:
-                    data.tokenizer.save_pretrained(str(run_dir / name))
-    elif task == "classification":
-        metrics = evaluate_models(models, data.test, evaluation=config.evaluation)
-    else:
-        metrics = evaluate_embeddings(models, data.test, evaluation=config.evaluation)
+        for name, (model, info) in compress_student(student, config, data, teacher=teacher, run_dir=run_dir,
+                                                    resume=resume, show_progress=show_progress).items():
+            models[name], compression[name] = model, info
+    metrics = evaluate_run_models(config, models, data, run_dir, show_progress=show_progress, vocab_size=shared_vocab)
+    if compression:
+        metrics["compression_variants"] = compression
+    if data.tokenizer is not None:  # exported models come with their tokenizer, ready for from_pretrained
+        for name in models:
+            if (run_dir / name).is_dir() and (name != "teacher" or config.teacher.train is not None):
+                data.tokenizer.save_pretrained(str(run_dir / name))
     metrics.update({
         "recipe": config.name, "seed": config.seed, "steps": stages["student"]["steps"], "stages": stages,
         "data": data.summary, "wall_seconds": round(time.perf_counter() - started, 3),
     })
     write_json_atomic(run_dir / "metrics.json", metrics)
-    if show_progress and task == "language-modeling":
+    if show_progress and evaluation_task(config, data) == "language-modeling":
         from distill.evaluate.lm import print_lm_summary
 
         print_lm_summary(metrics, run_dir)

@@ -6,56 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from distill.config import EvaluationConfig
-from distill.data.tokens import collate_fn_of
-from distill.evaluate.metrics import accuracy, agreement, error_count, gap_recovered, predict_logits
-from distill.evaluate.speed import latency_ms
+from distill.evaluate.compare import evaluate_models  # noqa: F401  (its home before compare.py)
+from distill.evaluate.table import cell, columns_for, model_names
 from distill.models import count_parameters
-
-
-def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
-                    device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts)."""
-    timing_batch = next(iter(DataLoader(test, batch_size=evaluation.latency_batch_size, shuffle=False,
-                                        collate_fn=collate_fn_of(test))))
-    timing_batch = {key: value.to(device) for key, value in timing_batch.items() if key != "labels"}
-    logits: dict[str, torch.Tensor] = {}
-    metrics: dict[str, Any] = {}
-    labels = None
-    for name, model in models.items():
-        model.to(device)
-        logits[name], labels = predict_logits(model, test, batch_size=evaluation.batch_size, device=device)
-        timing = latency_ms(model, timing_batch, runs=evaluation.latency_runs)
-        metrics[name] = {
-            "accuracy": round(accuracy(logits[name], labels), 6),
-            "errors": error_count(logits[name], labels),
-            "params": count_parameters(model),
-            "latency_ms": round(timing["median"], 4),
-            "latency_p95_ms": round(timing["p95"], 4),
-        }
-    assert labels is not None
-    metrics["test_size"] = int(labels.numel())
-    metrics["latency_batch_size"] = evaluation.latency_batch_size
-    metrics["threads"] = torch.get_num_threads()
-    if "teacher" in logits:
-        for name in ("student", "baseline"):
-            if name in logits:
-                metrics[name]["agreement"] = round(agreement(logits[name], logits["teacher"]), 6)
-        if "student" in logits:
-            metrics["agreement"] = metrics["student"]["agreement"]
-            metrics["speedup"] = round(metrics["teacher"]["latency_ms"] / max(metrics["student"]["latency_ms"], 1e-9), 3)
-            metrics["compression"] = round(metrics["teacher"]["params"] / max(metrics["student"]["params"], 1), 3)
-    if {"teacher", "baseline", "student"} <= set(logits):
-        recovered = gap_recovered(teacher_errors=metrics["teacher"]["errors"],
-                                  baseline_errors=metrics["baseline"]["errors"],
-                                  student_errors=metrics["student"]["errors"])
-        metrics["gap_recovered"] = None if recovered is None else round(recovered, 4)
-    return metrics
 
 
 def evaluate_embeddings(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
@@ -90,17 +50,20 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     if metrics.get("task") == "embedding":
         return _embedding_table(metrics)
     table = Table(title=f"{metrics.get('recipe', 'run')} (test set of {metrics.get('test_size')}, seed "
-                        f"{metrics.get('seed')})")
-    for column in ("model", "errors", "accuracy", "agrees w/ teacher", "params",
-                   f"ms/batch of {metrics.get('latency_batch_size')}"):
-        table.add_column(column, justify="right" if column != "model" else "left")
-    for name in ("teacher", "baseline", "student"):
-        if name in metrics:
-            row = metrics[name]
-            label = {"baseline": "baseline student", "student": "distilled student"}.get(name, name)
-            table.add_row(label, str(row["errors"]), f"{row['accuracy']:.2%}",
-                          f"{row['agreement']:.2%}" if "agreement" in row else "-", f"{row['params']:,}",
-                          f"{row['latency_ms']:.3f}")
+                        f"{metrics.get('seed')}, {metrics.get('threads')} threads)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    names = model_names(metrics)
+    rows = [(name, metrics[name]) for name in names]
+    # the terminal is narrow: short headers, the columns that decide; every column is in report.md / report.html
+    short = {"errors": "errors", "accuracy": "accuracy", "perplexity": "ppl", "agreement": "agrees",
+             "gap_recovered": "gap rec.", "inherited_share": "inherits", "size_bytes": "size",
+             "latency_b1_ms": "ms@b1"}
+    columns = [column for column in columns_for(rows) if column.key in short]
+    table.add_column("model", no_wrap=True)
+    for column in columns:
+        table.add_column(short[column.key], justify="right", no_wrap=True)
+    for name, row in rows:
+        table.add_row(name, *(cell(column, row) for column in columns))
     return table
 
 

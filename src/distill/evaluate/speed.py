@@ -1,9 +1,15 @@
-"""Cost of a model: parameters and forward latency, measured the same way for every model in one process."""
+"""Cost of a model: parameters, size on disk, latency, throughput and peak memory, measured the same way for
+every model in one process."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -27,3 +33,96 @@ def latency_ms(model: torch.nn.Module, batch: dict[str, Tensor], *, runs: int = 
     timings.sort()
     return {"median": statistics.median(timings), "p95": timings[min(len(timings) - 1, int(0.95 * len(timings)))],
             "runs": runs, "threads": torch.get_num_threads(), "batch_size": int(next(iter(batch.values())).shape[0])}
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of everything the model holds (parameters, buffers, packed quantized weights), as its state dict
+    stores it: int8 weights count one byte per element."""
+    def size(value: Any) -> int:
+        if isinstance(value, Tensor):
+            if value.is_quantized:
+                return value.int_repr().nbytes + (value.q_per_channel_scales().nbytes * 2
+                                                  if value.qscheme() in (torch.per_channel_affine,
+                                                                         torch.per_channel_symmetric) else 16)
+            return value.nbytes
+        if isinstance(value, (tuple, list)):
+            return sum(size(item) for item in value)
+        return 0
+
+    return sum(size(value) for value in model.state_dict().values())
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters, including the int8 weights that quantized modules keep packed outside ``parameters()``."""
+    count = sum(parameter.numel() for parameter in model.parameters())
+    for module in model.modules():
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            weight, bias = packed._weight_bias()
+            count += weight.numel() + (bias.numel() if bias is not None else 0)
+    return count
+
+
+def size_on_disk(directory: Path) -> int | None:
+    """Bytes of the exported weights (``*.safetensors`` in the model folder); None when nothing was exported."""
+    files = list(Path(directory).glob("*.safetensors")) if Path(directory).is_dir() else []
+    return sum(file.stat().st_size for file in files) if files else None
+
+
+@torch.no_grad()
+def peak_forward_memory(model: torch.nn.Module, batch: dict[str, Tensor], *, warmup: bool = True) -> dict[str, int]:
+    """Peak memory of one forward pass on ``batch``: the model's weights plus the peak of the bytes the pass
+    allocates and has not yet freed (activations, workspaces).
+
+    On CUDA this is ``torch.cuda.max_memory_allocated`` around the pass. On CPU there is no allocator counter,
+    and process RSS is useless for comparing models in one process (the C allocator keeps freed pages, so the
+    second model reuses the first one's); instead torch's profiler reports every allocation and free of the CPU
+    allocator, and the running sum's maximum is the pass's own peak, independent of what ran before."""
+    was_training = model.training
+    model.eval()
+    if warmup:  # lazy packing, workspace creation: not part of a steady-state forward
+        forward_logits(model, batch)
+    device = next(iter(batch.values())).device
+    weights = weight_bytes(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        forward_logits(model, batch)
+        torch.cuda.synchronize(device)
+        activations = torch.cuda.max_memory_allocated(device) - before
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+            forward_logits(model, batch)
+        activations = _peak_of_allocations(profiler)
+    model.train(was_training)
+    return {"weights": weights, "activations": int(activations), "total": int(weights + activations)}
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's C++ backend prints start/stop lines on file descriptor 2 that no setting turns off (they
+    would land in the middle of the user's progress bars); Python-level errors still surface as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _peak_of_allocations(profiler: Any) -> int:
+    """Running sum of what each operator allocated net of what it freed (its *self* memory, so nested calls are
+    not counted twice), plus frees outside any operator (``[memory]`` events), in start order; the peak is at
+    operator granularity (a temporary an operator allocates and frees inside itself is not seen)."""
+    events = sorted(profiler.events(), key=lambda event: event.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak

@@ -1,0 +1,166 @@
+"""Classifiers side by side: task metrics, fidelity to the teacher, calibration, inherited errors and cost,
+for every model on the same test set, measured the same way in one process."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from distill.config import EvaluationConfig
+from distill.data.tokens import collate_fn_of
+from distill.errors import DistillError
+from distill.evaluate.metrics import (accuracy, agreement, calibration, confusion_matrix, error_count, gap_recovered,
+                                      inherited_errors, macro_f1, mean_jsd_to_teacher, mean_kl_to_teacher)
+from distill.evaluate.speed import latency_ms, parameter_count, peak_forward_memory, size_on_disk
+from distill.models import forward_logits
+
+# Rows that are students of the teacher (distilled or compressed variants); the baseline is the reference.
+STUDENT_PREFIX = "student"
+
+
+def first_batch(dataset: Dataset, batch_size: int, device: str | torch.device) -> dict[str, Any]:
+    loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=False,  # type: ignore[arg-type]
+                        collate_fn=collate_fn_of(dataset))
+    batch = next(iter(loader))
+    return {key: value.to(device) for key, value in batch.items() if key != "labels"}
+
+
+@torch.no_grad()
+def predict_timed(model: nn.Module, dataset: Dataset, *, batch_size: int, device: str | torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Logits and labels of the whole dataset, and the throughput of these very forward passes (samples/s: the
+    batch size over the median time of the full-size batches after the first, which is the warm-up); the
+    prediction pass doubles as the throughput measurement rather than timing extra passes."""
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels, seconds = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn_of(dataset))
+    for batch in loader:
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        size = int(batch["labels"].shape[0])
+        if not seconds and len(dataset) <= batch_size:  # type: ignore[arg-type]
+            forward_logits(model, batch)  # a single batch: warm up on it before timing it
+        start = time.perf_counter()
+        output = forward_logits(model, batch)
+        if output.is_cuda:
+            torch.cuda.synchronize(output.device)
+        seconds.append((size, time.perf_counter() - start))
+        all_logits.append(output.float().cpu())
+        all_labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    full = [elapsed for size, elapsed in seconds if size == seconds[0][0]]
+    timed = full[1:] or full
+    rate = seconds[0][0] / max(statistics.median(timed), 1e-9)
+    return torch.cat(all_logits), torch.cat(all_labels), rate
+
+
+def check_label_sets(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> int:
+    """One label set for all: every model predicts the same number of classes, and every test label is one of
+    them. Returns that number."""
+    sizes = {name: int(value.shape[-1]) for name, value in logits.items()}
+    if len(set(sizes.values())) > 1:
+        raise DistillError(f"the models predict different label sets and cannot be compared: "
+                           f"{', '.join(f'{name} {size} classes' for name, size in sizes.items())}")
+    num_classes = next(iter(sizes.values()))
+    if labels.numel() and (int(labels.max()) >= num_classes or int(labels.min()) < 0):
+        raise DistillError(f"the test labels run from {int(labels.min())} to {int(labels.max())} but the models "
+                           f"predict {num_classes} classes; models and data must share one label set")
+    return num_classes
+
+
+def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
+                    device: str | torch.device = "cpu", model_dirs: dict[str, Path] | None = None,
+                    show_progress: bool = False) -> dict[str, Any]:
+    """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts).
+
+    ``models`` is ordered: teacher, baseline, student, then variants (``student_int8``, ...). ``model_dirs``
+    names each model's exported folder, for its size on disk."""
+    if len(test) == 0:  # type: ignore[arg-type]
+        raise DistillError("the evaluation split is empty: there is nothing to evaluate on")
+    if not models:
+        raise DistillError("no models to evaluate")
+    started = time.perf_counter()
+    model_dirs = model_dirs or {}
+    batches = {
+        "latency": first_batch(test, evaluation.latency_batch_size, device),
+        "single": first_batch(test, 1, device),
+        "throughput": first_batch(test, evaluation.batch_size, device),
+    }
+    logits: dict[str, torch.Tensor] = {}
+    metrics: dict[str, Any] = {"models": list(models)}
+    labels = torch.empty(0, dtype=torch.long)
+    with Progress(transient=True, disable=not show_progress) as progress:
+        task = progress.add_task("evaluating", total=len(models))
+        for name, model in models.items():
+            progress.update(task, description=f"evaluating {name}")
+            model.to(device)
+            try:
+                logits[name], labels, samples_per_second = predict_timed(model, test, batch_size=evaluation.batch_size,
+                                                                         device=device)
+            except RuntimeError as error:  # shapes: a model meeting data it was not trained on
+                raise DistillError(f"the {name} cannot run on the evaluation inputs: {error}".split("\n")[0]) from None
+            timing = latency_ms(model, batches["latency"], runs=evaluation.latency_runs)
+            single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
+            memory = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
+            metrics[name] = {
+                "params": parameter_count(model),
+                "size_bytes": size_on_disk(model_dirs[name]) if name in model_dirs else None,
+                "latency_ms": round(timing["median"], 4),
+                "latency_p95_ms": round(timing["p95"], 4),
+                "latency_b1_ms": round(single["median"], 4),
+                "latency_b1_p95_ms": round(single["p95"], 4),
+                "throughput": round(samples_per_second, 1),
+                "peak_memory_bytes": memory["total"],
+                "activation_memory_bytes": memory["activations"],
+            }
+            progress.advance(task)
+    num_classes = check_label_sets(logits, labels)
+    details: dict[str, Any] = {}
+    for name, model_logits in logits.items():
+        reliability = calibration(model_logits, labels, bins=evaluation.calibration_bins)
+        metrics[name].update({
+            "accuracy": round(accuracy(model_logits, labels), 6),
+            "errors": error_count(model_logits, labels),
+            "macro_f1": round(macro_f1(model_logits, labels, num_classes), 6),
+            "ece": round(reliability["ece"], 6),
+        })
+        details[name] = {"confusion": confusion_matrix(model_logits, labels, num_classes).tolist(),
+                         "reliability": reliability}
+        if "teacher" in logits and name != "teacher":
+            inherited = inherited_errors(model_logits, logits["teacher"], labels)
+            metrics[name].update({
+                "agreement": round(agreement(model_logits, logits["teacher"]), 6),
+                "kl_to_teacher": round(mean_kl_to_teacher(model_logits, logits["teacher"]), 6),
+                "jsd_to_teacher": round(mean_jsd_to_teacher(model_logits, logits["teacher"]), 6),
+                "inherited_errors": inherited["inherited"],
+                "inherited_share": inherited["inherited_share"],
+            })
+            details[name]["inherited"] = inherited
+    metrics.update({"test_size": int(labels.numel()), "num_classes": num_classes,
+                    "latency_batch_size": evaluation.latency_batch_size,
+                    "throughput_batch_size": int(next(iter(batches["throughput"].values())).shape[0]),
+                    "latency_runs": evaluation.latency_runs, "latency_b1_runs": evaluation.latency_b1_runs,
+                    "threads": torch.get_num_threads(), "device": str(torch.device(device))})
+    if "teacher" in logits and "student" in logits:
+        metrics["agreement"] = metrics["student"]["agreement"]
+        metrics["speedup"] = round(metrics["teacher"]["latency_ms"] / max(metrics["student"]["latency_ms"], 1e-9), 3)
+        metrics["compression"] = round(metrics["teacher"]["params"] / max(metrics["student"]["params"], 1), 3)
+    if "teacher" in logits and "baseline" in logits:
+        for name in logits:
+            if name.startswith(STUDENT_PREFIX):
+                recovered = gap_recovered(teacher_errors=metrics["teacher"]["errors"],
+                                          baseline_errors=metrics["baseline"]["errors"],
+                                          student_errors=metrics[name]["errors"])
+                metrics[name]["gap_recovered"] = None if recovered is None else round(recovered, 4)
+        if "student" in logits:
+            metrics["gap_recovered"] = metrics["student"]["gap_recovered"]
+    metrics["details"] = details
+    metrics["evaluation_seconds"] = round(time.perf_counter() - started, 3)
+    return metrics
