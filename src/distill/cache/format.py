@@ -177,7 +177,7 @@ class MappedShard:
 
     def rows(self, name: str, rows: np.ndarray | slice) -> torch.Tensor:
         array, dtype = self.arrays[name]
-        taken = np.ascontiguousarray(array[rows])
+        taken = np.array(array[rows], copy=True)  # off the read-only map: callers may write to the result
         tensor = torch.from_numpy(taken)
         return tensor.view(dtype) if dtype == torch.bfloat16 else tensor
 
