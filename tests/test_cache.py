@@ -132,6 +132,11 @@ def test_per_token_signals_are_stored_ragged_without_padding(tmp_path):
     rows = cache.split("train").read_ragged(torch.tensor([6, 1, 2]), "hidden")
     for row, index in zip(rows, [6, 1, 2]):
         assert torch.equal(row, table[dataset.sequences[index]].half())
+    batch = dataset.collate_fn([dataset[6], dataset[1], dataset[2]])
+    padded = cache.split("train").read_padded(torch.tensor([6, 1, 2]), "hidden", batch["attention_mask"])
+    assert padded.shape == (3, 9, 6)
+    real = batch["attention_mask"].bool()
+    assert torch.equal(padded[real], table[batch["input_ids"]][real].half()) and not padded[~real].any()
     info = cache.describe()
     assert info["tokens"] == sum(lengths)
     assert info["bytes_per_token"] == pytest.approx(info["bytes"] / sum(lengths), abs=0.01)

@@ -61,7 +61,15 @@ class CachedTeacher:
             raise DistillError("a cached teacher needs each batch's sample ids: wrap the dataset in "
                                "distill.data.indexed.IndexedDataset")
         sample_ids = batch[SAMPLE_ID]
-        stored = self.cache.split(split).read(sample_ids, self.names)
+        reader = self.cache.split(split)
+        fixed = [name for name in self.names if not self.cache.signals[name].ragged]
+        stored = reader.read(sample_ids, fixed)
+        for name in self.names:
+            if self.cache.signals[name].ragged:  # per-token signals come back padded like the batch
+                if "attention_mask" not in batch:
+                    raise DistillError(f"teacher signal {name!r} is cached per token, and the batch has no "
+                                       "attention_mask to lay the tokens out by")
+                stored[name] = reader.read_padded(sample_ids, name, batch["attention_mask"])
         return {name: value.to(device=sample_ids.device, dtype=torch.float32, non_blocking=True)
                 for name, value in stored.items()}
 

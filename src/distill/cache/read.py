@@ -79,6 +79,21 @@ class CacheSplit:
             result.append(shard.rows(values_key(name), slice(bounds[0], bounds[1])))
         return result
 
+    def read_padded(self, sample_ids: Tensor, name: str, attention_mask: Tensor) -> Tensor:
+        """A per-token signal laid out like the batch: [batch, tokens, *shape], the stored rows at the mask's real
+        positions and zeros at padding (which the losses mask out)."""
+        rows = self.read_ragged(sample_ids, name)
+        real = attention_mask.detach().to("cpu").bool()
+        info = self.signals[name]
+        out = torch.zeros((*real.shape, *info.shape), dtype=getattr(torch, info.dtype))
+        for sample, values in enumerate(rows):
+            if int(real[sample].sum()) != values.shape[0]:
+                raise DistillError(f"teacher cache {self.directory}: sample {int(sample_ids[sample])} has "
+                                   f"{values.shape[0]} cached tokens of {name!r}, the batch {int(real[sample].sum())}; "
+                                   "the cache was built with other tokenization (max_length?)")
+            out[sample][real[sample]] = values
+        return out
+
     def shard_sample_ids(self, number: int) -> Tensor:
         return self._shard(number).full(SAMPLE_IDS)
 
