@@ -350,3 +350,28 @@ def test_cache_build_cli_reports_bad_input_without_traceback(tmp_path):
     result = CliRunner().invoke(main, ["cache", "build", "digits-quick", "--output", str(tmp_path / "c")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "teacher.train" in result.output
+
+
+def test_cached_per_token_signals_reach_the_objective_padded_and_unmaskable_losses_are_refused(tmp_path):
+    from distill.cache.use import check_padding
+    from distill.config import ObjectiveConfig
+    from distill.objective import Objective
+    from distill.teachers import CachedTeacher
+
+    dataset = Tokens([4, 2, 6, 3])
+    table = torch.randn(50, 6)
+    CacheWriter(tmp_path / "tokens", signal_function=lambda batch: {"hidden": table[batch["input_ids"]]},
+                splits={"train": dataset}, settings=_settings(dataset, "float32", ("hidden",), 2, 2),
+                device=torch.device("cpu"), show_progress=False).run()
+    cache = TeacherCache(tmp_path / "tokens")
+    indexed = IndexedDataset(dataset)
+    batch = indexed.collate_fn([indexed[3], indexed[0]])
+    signals = CachedTeacher(cache, {"hidden"}).signals(batch)
+    real = batch["attention_mask"].bool()
+    assert signals["hidden"].dtype == torch.float32 and torch.equal(signals["hidden"][real],
+                                                                     table[batch["input_ids"]][real])
+    masked = Objective(ObjectiveConfig(terms=[{"loss": "cosine", "student": "hidden", "teacher": "hidden"}]))
+    check_padding(masked, cache)  # cosine masks padding: allowed
+    unmasked = Objective(ObjectiveConfig(terms=[{"name": "mid", "loss": "hint", "student": "x", "teacher": "hidden"}]))
+    with pytest.raises(DistillError, match="'mid': loss 'hint' takes no mask"):
+        check_padding(unmasked, cache)

@@ -218,7 +218,9 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     stages: dict[str, dict[str, Any]] = {}
 
     # Teacher: given, loaded, or trained here on hard labels.
-    if teacher is None and config.teacher.model is not None and config.teacher.cache is None:
+    # With a cache the teacher is not needed to train, only to derive a student from its layers.
+    if teacher is None and config.teacher.model is not None and (config.teacher.cache is None
+                                                                 or config.student.from_teacher is not None):
         torch.manual_seed(config.seed + TEACHER_SEED_OFFSET)
         teacher = build_model(config.teacher.model, input_shape=data.input_shape, num_classes=data.num_classes)
         if config.teacher.weights:
@@ -230,7 +232,6 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         from distill.cache.use import cached_teacher_for_run
 
         cached_teacher, student_data = cached_teacher_for_run(config, data, teacher)
-        teacher = None
     _save_recipe(config, run_dir)
     if teacher is not None:
         if config.teacher.train is not None:

@@ -72,6 +72,19 @@ def cached_teacher_for_run(config: Any, data: Any, teacher: nn.Module | None = N
     objective = Objective(config.objective)
     if objective.needs_teacher:
         source.bind(objective.signals("teacher"))
+        check_padding(objective, cache)
     wrapped = dataclasses.replace(data, train=IndexedDataset(data.train),
                                   val=IndexedDataset(val) if val is not None else None)
     return source, wrapped
+
+
+def check_padding(objective: Any, cache: TeacherCache) -> None:
+    """Refuse terms that would read a per-token cached signal with a loss that cannot mask padding."""
+    for term in objective.terms:
+        info = cache.signals.get(term.teacher_signal)
+        if "teacher" in term.loss.inputs and info is not None and info.ragged and "mask" not in term.loss.options:
+            # Padding positions are not stored; a loss that cannot mask them would compare against zeros
+            # where the live teacher gives its pad-token states: another loss than the recipe's.
+            raise DistillError(f"objective term {term.name!r}: loss {term.loss.name!r} takes no mask, so it "
+                               f"also compares padding positions of the per-token signal {term.teacher_signal!r}, "
+                               "which a teacher cache does not store; train this term with the live teacher")
