@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _datetime
 import errno
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -175,8 +176,6 @@ class CacheWriter:
                 raise DistillError(f"{self.output} holds shard files but no {PROGRESS_FILE}; it is not a cache build "
                                    "this distill can continue. Choose another --output or empty it.")
             return
-        import json
-
         try:
             progress = json.loads(path.read_text())
             previous, completed = progress["settings"], dict(progress["completed"])
