@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from distill.errors import DistillError
 
 _INDEXED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>-?\d+)\]$")
+# Batch keys that are not model inputs: the labels, and the sample ids a teacher cache is looked up by.
+NOT_MODEL_INPUTS = {"labels", "sample_id"}
 OUTPUT_ATTRIBUTES = {"last_hidden_state", "pooler_output", "hidden_states", "attentions", "logits"}
 
 
@@ -127,7 +129,7 @@ class SignalCapture:
                 extra["output_hidden_states"] = True
             if self.needs_attentions:
                 extra["output_attentions"] = True
-            inputs = {key: value for key, value in batch.items() if key != "labels"}
+            inputs = {key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS}
             if self.needs_final_hidden:
                 head = _output_head(model, self.role)
                 output = model.get_decoder()(**inputs, **extra)

@@ -133,6 +133,72 @@ def report(run_dirs: tuple[str, ...], output: str | None) -> None:
     click.echo(f"report: {result.html}  ({result.markdown.name}, {result.json.name} and the figures beside it)")
 
 
+@main.group()
+def cache() -> None:
+    """Store a teacher's outputs once and train students from them (`teacher: {cache: CACHE}` in a recipe)."""
+
+
+@cache.command("build")
+@click.argument("recipe")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="cache folder to write")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True,
+              help="storage dtype of teacher values")
+@click.option("--samples-per-shard", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="teacher batch size while building")
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda:0, ...")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@_friendly
+def cache_build(recipe: str, output: str, overrides: tuple[str, ...], dtype: str, samples_per_shard: int,
+                batch_size: int, device: str, quiet: bool) -> None:
+    """Run RECIPE's teacher once over its training (and validation) data and store the signals its objective
+    reads. Killed or out of disk? Run the same command again: completed shards are kept."""
+    from distill.cache import build_cache
+
+    metadata = build_cache(recipe, output, overrides=list(overrides), dtype=dtype, samples_per_shard=samples_per_shard,
+                           batch_size=batch_size, device=device, show_progress=not quiet)
+    samples = ", ".join(f"{info['samples']} {split}" for split, info in metadata["splits"].items())
+    click.echo(f"teacher cache {output}: {samples} samples, signals {', '.join(metadata['signals'])} "
+               f"({metadata['value_dtype']})")
+
+
+@cache.command("info")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print the description as JSON")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="check every shard's sha256")
+@_friendly
+def cache_info(path: str, as_json: bool, verify: bool) -> None:
+    """Describe the teacher cache at PATH: samples, signals and dtypes, bytes, k, fingerprints, when and by what."""
+    import json
+
+    from distill.cache import TeacherCache
+
+    info = TeacherCache(path, verify=verify).describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    rows = [
+        ("samples", ", ".join(f"{count} {split}" for split, count in info["samples"].items())),
+        ("tokens", info["tokens"] if info["tokens"] is not None else "- (no per-token signals)"),
+        ("signals", "; ".join(f"{name} {meta['dtype']} {meta['shape']}" + (" per token" if meta["per_token"] else "")
+                              for name, meta in info["signals"].items())),
+        ("k", info["k"] if info["k"] is not None else "- (full outputs)"),
+        ("size", f"{info['bytes']:,} bytes in {info['shards']} shards of {info['samples_per_shard']} samples"),
+        ("bytes per sample", info["bytes_per_sample"]),
+        ("bytes per token", info["bytes_per_token"] if info["bytes_per_token"] is not None else "-"),
+        ("teacher", info["teacher_fingerprint"]),
+        ("tokenizer", info["tokenizer_fingerprint"] or "-"),
+        *((f"data ({split})", fingerprint) for split, fingerprint in info["dataset_fingerprints"].items()),
+        ("created", info["created"]),
+        ("distill version", info["library_version"]),
+        ("checksums", "verified" if verify else "not checked"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

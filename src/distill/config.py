@@ -155,6 +155,18 @@ class TeacherConfig(_Strict):
     model: ModelSpec | None = Field(None, description="architecture or pretrained model (None: passed from Python)")
     weights: str | None = Field(None, description="safetensors file to load into model")
     train: TrainingConfig | None = Field(None, description="train the teacher in this run on hard labels first")
+    cache: str | None = Field(None, description="teacher cache folder (`distill cache build`): train from the stored "
+                              "teacher outputs instead of running the teacher; with teacher.model also set, the "
+                              "model is loaded once (not run) to check the cache was built from it")
+    cache_allow_augmentation: bool = Field(False, description="train from a cache under training.augment anyway: "
+                                           "cached outputs are for un-augmented inputs")
+
+    @model_validator(mode="after")
+    def _cache_or_train(self) -> "TeacherConfig":
+        if self.cache is not None and self.train is not None:
+            raise ValueError("teacher.cache replaces running the teacher, so teacher.train cannot be set with it; "
+                             "train the teacher in one run, build the cache from RUN/teacher, then train from it")
+        return self
 
 
 class FromTeacherSpec(_Strict):
@@ -286,6 +298,16 @@ class Recipe(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     compress: CompressConfig | None = Field(None, description="quantize and/or prune the distilled student")
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _cache_without_augmentation(self) -> "Recipe":
+        if (self.teacher.cache is not None and self.training.augment.shift > 0
+                and not self.teacher.cache_allow_augmentation):
+            raise ValueError(f"training.augment.shift is {self.training.augment.shift} and teacher.cache is set: the "
+                             "cached teacher outputs are for un-augmented inputs, so they would not match what the "
+                             "student sees. Drop the augmentation, or set teacher.cache_allow_augmentation: true to "
+                             "train with them anyway")
+        return self
 
     def needs_teacher(self) -> bool:
         from distill.losses import get_loss

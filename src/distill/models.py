@@ -237,7 +237,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in batch.items() if key != "labels"}
+    return {key: value for key, value in batch.items() if key not in ("labels", "sample_id")}
 
 
 def forward_logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:

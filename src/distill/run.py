@@ -254,7 +254,7 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     would build, for models and datasets that live in Python."""
     started = time.perf_counter()
     config = load_recipe(recipe, overrides)
-    if teacher is None and config.teacher.model is None and config.needs_teacher():
+    if teacher is None and config.teacher.model is None and config.teacher.cache is None and config.needs_teacher():
         raise DistillError("teacher.model is not set and no teacher module was passed")
     if student is None and config.student.model is None and config.student.from_teacher is None:
         raise DistillError("student.model (or student.from_teacher) is not set and no student module was passed")
@@ -265,7 +265,9 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     vocab_size = len(data.tokenizer) if data.tokenizer is not None else None
 
     # Teacher: given, loaded, or trained here on hard labels.
-    if teacher is None and config.teacher.model is not None:
+    # With a cache the teacher is not needed to train, only to derive a student from its layers.
+    if teacher is None and config.teacher.model is not None and (config.teacher.cache is None
+                                                                 or config.student.from_teacher is not None):
         torch.manual_seed(config.seed + TEACHER_SEED_OFFSET)
         teacher = build_model(config.teacher.model, input_shape=data.input_shape, num_classes=data.num_classes,
                               vocab_size=vocab_size)
@@ -276,6 +278,12 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         from distill.causal_lm import check_tokenizers
 
         check_tokenizers(config, data.tokenizer)  # before a teacher is trained here, not after
+    cached_teacher, student_data = None, data
+    if config.teacher.cache is not None:
+        # The student learns from stored teacher outputs, looked up by sample id; no teacher is run.
+        from distill.cache.use import cached_teacher_for_run
+
+        cached_teacher, student_data = cached_teacher_for_run(config, data, teacher)
     _save_recipe(config, run_dir)
     if teacher is not None:
         if config.teacher.train is not None:
@@ -317,8 +325,9 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
             run_dir=run_dir, seed=config.seed, resume=resume, teacher=None, training=config.training,
             show_progress=show_progress)
     student, stages["student"] = _stage(
-        "student", student, config.student.model, data, objective=Objective(objective_config),
-        run_dir=run_dir, seed=config.seed, resume=resume, teacher=teacher, training=config.training,
+        "student", student, config.student.model, student_data, objective=Objective(objective_config),
+        run_dir=run_dir, seed=config.seed, resume=resume,
+        teacher=cached_teacher if cached_teacher is not None else teacher, training=config.training,
         show_progress=show_progress)
 
     models = {name: model for name, model in {"teacher": teacher, "baseline": baseline, "student": student}.items()

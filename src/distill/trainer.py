@@ -31,6 +31,7 @@ from distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoin
 from distill.config import TrainingConfig
 from distill.errors import DistillError
 from distill.objective import Objective
+from distill.teachers import TeacherSource, teacher_source
 
 DONE_FILE = "stage_done.json"
 
@@ -85,8 +86,8 @@ def probe_batch(dataset: Dataset) -> dict[str, Any]:
     return collate([dataset[index] for index in range(min(2, len(dataset)))])  # type: ignore[arg-type]
 
 
-def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | None, probe: dict[str, Any]
-                 ) -> tuple[DistillationStep, SignalCapture | None]:
+def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | TeacherSource | None,
+                 probe: dict[str, Any]) -> tuple[DistillationStep, TeacherSource | None]:
     """Hook both models for the signals the objective reads and build adapters from a probe batch, before any
     training: an unknown module path or shapes no projection can reconcile fail here."""
     # The output ("logits") is kept for validation accuracy, where it costs nothing; not for LMs read through
@@ -94,20 +95,20 @@ def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | No
     student_names = objective.signals("student")
     student_capture = SignalCapture(model, student_names | ({"logits"} if "final_hidden" not in student_names
                                                             else set()), role="student")
-    teacher_capture = (SignalCapture(teacher, objective.signals("teacher"), role="teacher")
-                       if objective.needs_teacher and teacher is not None else None)
+    # A module runs live (hooked for the signals the objective reads); a cache is looked up by sample id.
+    teacher_signals_from = teacher_source(teacher, objective.signals("teacher")) if objective.needs_teacher else None
     was_training = model.training
     model.eval()
     with torch.no_grad():
         student_signals = student_capture.forward(model, probe)
-        teacher_signals = teacher_capture.forward(teacher, probe) if teacher_capture is not None else None
+        teacher_signals = teacher_signals_from.signals(probe) if teacher_signals_from is not None else None
     objective.build_adapters(student_signals, teacher_signals, probe.get("labels"), probe.get("attention_mask"))
     model.train(was_training)
-    return DistillationStep(model, student_capture, objective), teacher_capture
+    return DistillationStep(model, student_capture, objective), teacher_signals_from
 
 
 @torch.no_grad()
-def validate(step_module: DistillationStep, teacher: nn.Module | None, teacher_capture: SignalCapture | None,
+def validate(step_module: DistillationStep, teacher_signals_from: TeacherSource | None,
              dataset: Dataset, training: TrainingConfig, device: torch.device) -> dict[str, float]:
     """The objective's terms on held-out data (``eval/loss``, ``eval/loss/<term>``), and accuracy when the data
     has labels: the same numbers as training, without dropout or augmentation."""
@@ -117,7 +118,7 @@ def validate(step_module: DistillationStep, teacher: nn.Module | None, teacher_c
     loader = DataLoader(dataset, batch_size=training.batch_size, shuffle=False, collate_fn=collate_fn_of(dataset))
     for batch in loader:
         batch = _to_device(batch, device)
-        teacher_signals = teacher_capture.forward(teacher, batch) if teacher_capture is not None else None
+        teacher_signals = teacher_signals_from.signals(batch, "val") if teacher_signals_from is not None else None
         # One student forward gives both the objective's signals and the logits for accuracy.
         student_signals = step_module.capture.forward(step_module.student, batch)
         total, terms = step_module.loss(student_signals, teacher_signals, batch)
@@ -261,7 +262,7 @@ def _with_token_counts(batches: Any, grad_accum: int, accelerator: Accelerator
 
 
 def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, training: TrainingConfig, stage: str,
-        run_dir: Path, seed: int, teacher: nn.Module | None = None, val_dataset: Dataset | None = None,
+        run_dir: Path, seed: int, teacher: nn.Module | TeacherSource | None = None, val_dataset: Dataset | None = None,
         resume: bool = False, show_progress: bool = True) -> StageResult:
     """Train ``model`` on ``train_dataset`` with ``objective`` (against ``teacher`` when it needs one).
 
@@ -286,9 +287,9 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                            "training.batch_size")
     loader = DataLoader(train_dataset, batch_size=training.batch_size, sampler=EpochSampler(size, seed),
                         drop_last=True, collate_fn=collate_fn_of(train_dataset))
-    if teacher is not None:
+    if isinstance(teacher, nn.Module):
         teacher.eval().requires_grad_(False)
-    step_module, teacher_capture = prepare_step(model, objective, teacher, probe_batch(train_dataset))
+    step_module, teacher_signals_from = prepare_step(model, objective, teacher, probe_batch(train_dataset))
     step_module.train()
     optimizer = make_optimizer([parameter for parameter in step_module.parameters() if parameter.requires_grad],
                                training)
@@ -299,7 +300,7 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
     # The scheduler is stepped here, once per optimizer step, rather than by Accelerate (which steps it once per
     # process to stretch a single-process schedule): our total_steps already counts steps across processes.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_multiplier(training.schedule, warmup, total_steps))
-    if teacher is not None:
+    if isinstance(teacher, nn.Module):
         teacher.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(wrapped)
 
@@ -349,9 +350,9 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                 with accelerator.accumulate(wrapped):
                     with accelerator.autocast():
                         teacher_signals = None
-                        if teacher_capture is not None:
+                        if teacher_signals_from is not None:
                             with torch.no_grad():
-                                teacher_signals = teacher_capture.forward(teacher, batch)
+                                teacher_signals = teacher_signals_from.signals(batch)
                         total, terms = wrapped(batch, teacher_signals, normalizer)
                     if not torch.isfinite(total):
                         bad = [name for name, value in terms.items() if not torch.isfinite(value)]
@@ -388,7 +389,7 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                                                            for key, value in record.items()))
                     window, window_steps = [], 0
                 if val_dataset is not None and (step % eval_every == 0 or step == total_steps):
-                    log.write({"stage": stage, "step": step, **validate(unwrapped, teacher, teacher_capture, val_dataset,
+                    log.write({"stage": stage, "step": step, **validate(unwrapped, teacher_signals_from, val_dataset,
                                                                          training, accelerator.device)})
                 if step % checkpoint_every == 0 or step == total_steps or stop.requested:
                     checkpoint()
@@ -401,8 +402,8 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
     accelerator.wait_for_everyone()
     student_capture = unwrapped.capture
     student_capture.remove()
-    if teacher_capture is not None:
-        teacher_capture.remove()
+    if teacher_signals_from is not None:
+        teacher_signals_from.remove()
     return StageResult(unwrapped.student.eval(), step, time.perf_counter() - started, resumed_from)
 
 

@@ -1,0 +1,87 @@
+"""Where teacher signals come from during training: a live model run on each batch, or a cache on disk.
+
+The trainer asks a ``TeacherSource`` for ``signals(batch, split)`` and does not know which one it holds:
+- ``LiveTeacher`` runs the frozen teacher under ``no_grad`` and captures the named signals with hooks;
+- ``CachedTeacher`` looks the batch's samples up by ``sample_id`` in a teacher cache (``distill.cache``), so the
+  teacher is never built, loaded or run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from distill.capture import SignalCapture
+from distill.data.indexed import SAMPLE_ID
+from distill.errors import DistillError
+
+
+class TeacherSource(Protocol):
+    def signals(self, batch: dict[str, Any], split: str = "train") -> dict[str, Tensor]: ...
+
+    def remove(self) -> None: ...
+
+
+class LiveTeacher:
+    def __init__(self, model: nn.Module, names: set[str]):
+        self.model = model
+        self.capture = SignalCapture(model, names, role="teacher")
+
+    def signals(self, batch: dict[str, Any], split: str = "train") -> dict[str, Tensor]:
+        with torch.no_grad():
+            return self.capture.forward(self.model, batch)
+
+    def remove(self) -> None:
+        self.capture.remove()
+
+
+class CachedTeacher:
+    """Signals read from a ``distill.cache.TeacherCache`` for the samples of each batch (``batch['sample_id']``,
+    added by ``distill.data.indexed.IndexedDataset``), as float32 on the batch's device."""
+
+    def __init__(self, cache: Any, names: set[str] | None = None):
+        self.cache = cache
+        self.names: list[str] = []
+        if names is not None:
+            self.bind(names)
+
+    def bind(self, names: set[str]) -> "CachedTeacher":
+        missing = sorted(set(names) - set(self.cache.signals))
+        if missing:
+            raise DistillError(f"the objective reads teacher signal(s) {missing}, and teacher cache "
+                               f"{self.cache.directory} stores only {sorted(self.cache.signals)}; rebuild the cache "
+                               "with this recipe (`distill cache build`)")
+        self.names = sorted(names)
+        return self
+
+    def signals(self, batch: dict[str, Any], split: str = "train") -> dict[str, Tensor]:
+        if SAMPLE_ID not in batch:
+            raise DistillError("a cached teacher needs each batch's sample ids: wrap the dataset in "
+                               "distill.data.indexed.IndexedDataset")
+        sample_ids = batch[SAMPLE_ID]
+        reader = self.cache.split(split)
+        fixed = [name for name in self.names if not self.cache.signals[name].ragged]
+        stored = reader.read(sample_ids, fixed)
+        for name in self.names:
+            if self.cache.signals[name].ragged:  # per-token signals come back padded like the batch
+                if "attention_mask" not in batch:
+                    raise DistillError(f"teacher signal {name!r} is cached per token, and the batch has no "
+                                       "attention_mask to lay the tokens out by")
+                stored[name] = reader.read_padded(sample_ids, name, batch["attention_mask"])
+        return {name: value.to(device=sample_ids.device, dtype=torch.float32, non_blocking=True)
+                for name, value in stored.items()}
+
+    def remove(self) -> None:
+        pass
+
+
+def teacher_source(teacher: nn.Module | Any | None, names: set[str]) -> Any:
+    """The source for a trainer's ``teacher`` argument: a module runs live, a ``CachedTeacher`` is bound to the
+    signals the objective reads."""
+    if teacher is None:
+        return None
+    if isinstance(teacher, nn.Module):
+        return LiveTeacher(teacher, names)
+    return teacher.bind(names)
