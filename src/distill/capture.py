@@ -5,6 +5,9 @@ A signal name is one of
 - an attribute of an HF model's output, optionally indexed: ``last_hidden_state``, ``pooler_output``,
   ``hidden_states[3]``, ``attentions[-1]`` (the model is asked for hidden states / attentions only when needed);
 - ``mean_pooled``: the attention-mask-weighted mean of ``last_hidden_state`` (a sentence embedding);
+- ``final_hidden``: a causal LM's last hidden states with its output head (:class:`FinalHidden`), for losses that
+  form logits chunk by chunk. The model's base (``get_decoder()``) is run instead of the whole LM, so the
+  ``B x T x V`` logits are never built (``logits``, if also asked for, is then computed from the head);
 - a module path, ``encoder.layer.1`` (its output; the first element when it returns a tuple) or
   ``encoder.layer.1:input`` (its first positional input).
 Hooks are registered once on the unwrapped model, so they keep working under DDP/FSDP wrapping.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +27,14 @@ from distill.errors import DistillError
 
 _INDEXED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>-?\d+)\]$")
 OUTPUT_ATTRIBUTES = {"last_hidden_state", "pooler_output", "hidden_states", "attentions", "logits"}
+
+
+class FinalHidden(NamedTuple):
+    """A causal LM's final hidden states ``[B, T, H]`` (after the last norm: the head's input) and its output
+    head (``weight [V, H]``, ``bias [V]`` or None). ``hidden @ weight.T + bias`` are the logits."""
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ def parse_signal(name: str) -> SignalSpec:
         return SignalSpec(name, "logits")
     if name == "mean_pooled":
         return SignalSpec(name, "mean_pooled")
+    if name == "final_hidden":
+        return SignalSpec(name, "final_hidden")
     match = _INDEXED.match(name)
     if match and match["name"] in OUTPUT_ATTRIBUTES:
         return SignalSpec(name, "output", attribute=match["name"], index=int(match["index"]))
@@ -86,6 +99,10 @@ class SignalCapture:
         return any(spec.attribute == "hidden_states" for spec in self.specs)
 
     @property
+    def needs_final_hidden(self) -> bool:
+        return any(spec.kind == "final_hidden" for spec in self.specs)
+
+    @property
     def needs_attentions(self) -> bool:
         return any(spec.attribute == "attentions" for spec in self.specs)
 
@@ -110,10 +127,20 @@ class SignalCapture:
                 extra["output_hidden_states"] = True
             if self.needs_attentions:
                 extra["output_attentions"] = True
-            output = model(**{key: value for key, value in batch.items() if key != "labels"}, **extra)
-        signals: dict[str, Tensor] = {}
+            inputs = {key: value for key, value in batch.items() if key != "labels"}
+            if self.needs_final_hidden:
+                head = _output_head(model, self.role)
+                output = model.get_decoder()(**inputs, **extra)
+                final = FinalHidden(output.last_hidden_state, head.weight, head.bias)
+            else:
+                output = model(**inputs, **extra)
+        signals: dict[str, Any] = {}
         for spec in self.specs:
-            if spec.kind == "logits":
+            if spec.kind == "final_hidden":
+                signals[spec.name] = final
+            elif spec.kind == "logits" and self.needs_final_hidden:
+                signals[spec.name] = torch.nn.functional.linear(final.hidden, final.weight, final.bias)
+            elif spec.kind == "logits":
                 signals[spec.name] = output.logits if hasattr(output, "logits") else _first_tensor(output)
             elif spec.kind == "module":
                 signals[spec.name] = self._captured[spec.name]
@@ -134,6 +161,14 @@ class SignalCapture:
                 signals[spec.name] = value
         self._captured = {}
         return signals
+
+
+def _output_head(model: nn.Module, role: str) -> nn.Linear:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or not hasattr(model, "get_decoder"):
+        raise DistillError(f"signal 'final_hidden': the {role} ({type(model).__name__}) is not a causal LM with a "
+                           "linear output head")
+    return head
 
 
 def _output_attribute(output: Any, attribute: str | None, role: str) -> Any:

@@ -61,7 +61,18 @@ class SavedSpec(_Strict):
     path: str
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, HFSpec, SavedSpec], Field(discriminator="kind")]
+class HFConfigSpec(_Strict):
+    """A fresh, randomly initialised Hugging Face causal LM built from a config: tiny models for tests and CI,
+    or a small student of your own shape. ``config`` holds fields of the architecture's config class
+    (``hidden_size``, ``num_hidden_layers``, ...); ``vocab_size`` defaults to the tokenizer's."""
+    kind: Literal["hf-config"] = "hf-config"
+    architecture: str = Field("llama", description="the config's model_type: llama, qwen2, mistral, gpt2, ...")
+    task: Literal["causal-lm"] = "causal-lm"
+    config: dict[str, Any] = Field(default_factory=dict, description="config fields, e.g. {hidden_size: 64}")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, HFSpec, SavedSpec, HFConfigSpec], Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -69,9 +80,25 @@ class AugmentConfig(_Strict):
     shift: int = Field(0, ge=0, description="random translation by up to this many pixels/steps (input jitter)")
 
 
+class LMDataConfig(_Strict):
+    """Causal-LM data (implied by dataset kjv-text): plain text packed into blocks of data.max_length tokens, or
+    chat records (a list of {role, content} messages) rendered with the tokenizer's chat template, the loss on
+    assistant tokens only."""
+    format: Literal["text", "chat"] = Field("text", description="text: pack documents into blocks; chat: one "
+                                            "example per record, loss on assistant turns")
+    text_column: str = Field("text", description="column holding the documents (format text)")
+    messages_column: str = Field("messages", description="column holding the message lists (format chat)")
+    test_fraction: float = Field(0.05, gt=0, lt=1, description="records held out for testing when no test_path")
+    overlong: Literal["truncate", "refuse"] = Field(
+        "truncate", description="chat records longer than max_length: cut them (counted) or stop with an error")
+    no_assistant: Literal["error", "skip"] = Field(
+        "error", description="chat records without an assistant turn: stop naming the record, or drop them (counted)")
+
+
 class DataConfig(_Strict):
     """Where examples come from. Either a built-in dataset (``dataset``) or a user's file (``path``)."""
-    dataset: str | None = Field(None, description="built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses")
+    dataset: str | None = Field(None, description="built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses, "
+                                   "kjv-text (King James text packed into LM blocks)")
     path: str | None = Field(None, description="CSV / JSON(L) / parquet file, or a folder saved by datasets")
     test_path: str | None = None
     format: str | None = None
@@ -82,14 +109,20 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, gt=0, description="use only the first N training examples (quick runs)")
     tokenizer: str | None = Field(None, description="tokenizer for text datasets (default: the teacher's)")
     max_length: int = Field(128, gt=0, description="tokens per text; longer texts are truncated and counted")
+    lm: LMDataConfig | None = Field(None, description="causal-LM data options (set for a user's LM file)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
         if (self.dataset is None) == (self.path is None):
             raise ValueError("give exactly one of data.dataset (a built-in dataset) or data.path (your own file)")
-        if self.path is not None and (self.features is None or self.label is None):
-            raise ValueError("data.path needs data.features and data.label (the column names)")
+        if self.path is not None and self.lm is None and (self.features is None or self.label is None):
+            raise ValueError("data.path needs data.features and data.label (the column names), or data.lm for "
+                             "language-model text")
         return self
+
+    @property
+    def is_language_modeling(self) -> bool:
+        return self.lm is not None or self.dataset == "kjv-text"
 
 
 # --------------------------------------------------------------------------------------------------- training
@@ -204,8 +237,11 @@ class ObjectiveConfig(_Strict):
 
 # --------------------------------------------------------------------------------------------------- evaluation
 class EvaluationConfig(_Strict):
-    task: Literal["auto", "classification", "embedding"] = Field(
-        "auto", description="auto: classification when the data has labels, else embedding fidelity")
+    task: Literal["auto", "classification", "embedding", "language-modeling"] = Field(
+        "auto", description="auto: language-modeling for LM data, classification when the data has labels, else "
+                            "embedding fidelity")
+    max_test_tokens: int | None = Field(None, gt=0, description="language-modeling: evaluate on at most this many "
+                                                                "held-out tokens (the first blocks)")
     embedding_signal: str = Field("mean_pooled", description="the signal used as the embedding (embedding task)")
     neighbours: int = Field(10, gt=0, description="k of the nearest-neighbour overlap (embedding task)")
     batch_size: int = Field(1000, gt=0)
@@ -264,7 +300,7 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     problems = []
     for item in error.errors():
         # drop the union tags pydantic puts in the location (teacher.model.mlp.hidden -> teacher.model.hidden)
-        location = ".".join(str(part) for part in item["loc"] if str(part) not in ("mlp", "cnn", "hf", "saved"))
+        location = ".".join(str(part) for part in item["loc"] if str(part) not in ("mlp", "cnn", "hf", "saved", "hf-config"))
         if item["type"] == "extra_forbidden":
             key = str(item["loc"][-1])
             close = difflib.get_close_matches(key, valid_keys, n=1)

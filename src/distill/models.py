@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from distill.config import CNNSpec, HFSpec, MLPSpec, SavedSpec
+from distill.config import CNNSpec, HFConfigSpec, HFSpec, MLPSpec, SavedSpec
 from distill.errors import DistillError
 
 CONFIG_FILE = "config.json"
@@ -72,9 +72,14 @@ class CNN(nn.Module):
         return self.head(self.dropout(self.pool(self.features(inputs)).flatten(1)))
 
 
-def build_model(spec: MLPSpec | CNNSpec | HFSpec | SavedSpec, *, input_shape: tuple[int, ...] | None,
-                num_classes: int | None) -> nn.Module:
-    """Build a model from its spec. ``input_shape`` (per sample) and ``num_classes`` come from the data."""
+def build_model(spec: MLPSpec | CNNSpec | HFSpec | SavedSpec | HFConfigSpec, *, input_shape: tuple[int, ...] | None,
+                num_classes: int | None, vocab_size: int | None = None) -> nn.Module:
+    """Build a model from its spec. ``input_shape`` (per sample), ``num_classes`` and, for causal LMs built from
+    a config, ``vocab_size`` (the tokenizer's) come from the data."""
+    if isinstance(spec, HFConfigSpec):
+        from distill.causal_lm import build_from_config
+
+        return build_from_config(spec, vocab_size=vocab_size)
     if isinstance(spec, MLPSpec):
         return MLP(math.prod(_need(input_shape, "input_shape")), spec.hidden, _need(num_classes, "num_classes"),
                    spec.dropout, spec.input_dropout)
@@ -118,7 +123,13 @@ def resolve_hf_path(name_or_path: str) -> str:
         configs = sorted(Path(root).rglob("config.json"), key=lambda path: len(path.parts))
         if configs:
             return str(configs[0].parent)
-    raise DistillError(f"model {name_or_path!r}: no config.json inside the package {package!r}")
+    for root in spec.submodule_search_locations:
+        checkpoints = sorted(Path(root).rglob("*.gguf"))
+        if checkpoints:  # de-quantised once into a cached Hugging Face folder
+            from distill.causal_lm import gguf_folder
+
+            return gguf_folder(checkpoints[0])
+    raise DistillError(f"model {name_or_path!r}: no config.json or .gguf file inside the package {package!r}")
 
 
 def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
@@ -136,6 +147,14 @@ def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
     local = Path(name_or_path)
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise DistillError(f"model folder {name_or_path!r} does not exist")
+    if spec.task == "causal-lm" and local.is_dir():
+        from transformers import AutoConfig
+
+        from distill.causal_lm import check_fits_in_memory
+
+        # Before loading: a model that cannot fit is refused from its config's parameter count alone.
+        check_fits_in_memory(AutoConfig.from_pretrained(name_or_path, trust_remote_code=spec.trust_remote_code),
+                             spec.dtype, f"model {spec.name_or_path!r}")
     try:
         return auto_class.from_pretrained(name_or_path, **kwargs)
     except OSError as error:

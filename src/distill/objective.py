@@ -43,13 +43,22 @@ class Objective(nn.Module):
         self.adapters = nn.ModuleDict()
 
     @classmethod
-    def hard_labels(cls) -> "Objective":
-        """Plain supervised training: what the teacher and the baseline student learn from."""
+    def hard_labels(cls, language_model: bool = False) -> "Objective":
+        """Plain supervised training: what the teacher and the baseline student learn from (for causal LMs,
+        next-token cross-entropy computed chunk by chunk from the final hidden states)."""
+        if language_model:
+            return cls(ObjectiveConfig(terms=[TermConfig(name="hard", loss="token_ce", student="final_hidden")]))
         return cls(ObjectiveConfig(terms=[TermConfig(name="hard", loss="cross_entropy")]))
 
     @property
     def needs_teacher(self) -> bool:
         return any(term.loss.needs_teacher for term in self.terms)
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether some term sums over tokens and divides by a ``normalizer`` the trainer should provide (the
+        supervised-token count of the whole accumulated batch)."""
+        return any("normalizer" in term.loss.options for term in self.terms)
 
     def signals(self, role: str) -> set[str]:
         """Names of the signals this objective reads from the student or the teacher."""
@@ -115,12 +124,15 @@ class Objective(nn.Module):
                                    f"the {term.loss.name!r} loss: {error}") from None
 
     def forward(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
-                labels: Tensor | None, attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                labels: Tensor | None, attention_mask: Tensor | None = None, normalizer: float | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
         values: dict[str, Tensor] = {}
         total: Tensor | None = None
         for term in self.terms:
-            value = term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels),
-                                 **self._options(term, student_signals, attention_mask))
+            options = self._options(term, student_signals, attention_mask)
+            if normalizer is not None and "normalizer" in term.loss.options:
+                options = {**options, "normalizer": normalizer}
+            value = term.loss.fn(*self._arguments(term, student_signals, teacher_signals, labels), **options)
             values[term.name] = value
             weighted = value * term.weight
             total = weighted if total is None else total + weighted

@@ -39,6 +39,7 @@ class RunData:
     input_shape: tuple[int, ...] | None
     num_classes: int | None
     summary: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None          # causal-LM data: the tokenizer the token ids come from
 
 
 @dataclass
@@ -91,8 +92,27 @@ def _load_text(recipe: Recipe) -> RunData:
     return RunData(train, datasets["val"], datasets["test"], None, None, summary)
 
 
+def _load_lm(recipe: Recipe) -> RunData:
+    from distill.causal_lm import load_tokenizer
+    from distill.config import HFSpec
+    from distill.data.lm import load_lm_splits
+
+    source = recipe.data.tokenizer
+    if source is None and isinstance(recipe.teacher.model, HFSpec):
+        source = recipe.teacher.model.name_or_path
+    if source is None:
+        raise DistillError("data.tokenizer is needed for language-model data (a folder, hub id, or "
+                           "builtin:kjv-bpe-N; by default the teacher's, when the teacher is a Hugging Face model)")
+    tokenizer = load_tokenizer(source)
+    splits = load_lm_splits(recipe.data, tokenizer, recipe.seed)
+    return RunData(splits.train, splits.val, splits.test, None, None, {**splits.summary, "tokenizer": source},
+                   tokenizer=tokenizer)
+
+
 def load_data(recipe: Recipe) -> RunData:
     spec = recipe.data
+    if spec.is_language_modeling:
+        return _load_lm(recipe)
     if spec.dataset in TEXT_DATASETS:
         return _load_text(recipe)
     if spec.dataset is not None:
@@ -216,19 +236,26 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     run_dir = _check_run_dir(config, output, resume)
     data = data or load_data(config)
     stages: dict[str, dict[str, Any]] = {}
+    language_model = config.data.is_language_modeling
+    vocab_size = len(data.tokenizer) if data.tokenizer is not None else None
 
     # Teacher: given, loaded, or trained here on hard labels.
     if teacher is None and config.teacher.model is not None:
         torch.manual_seed(config.seed + TEACHER_SEED_OFFSET)
-        teacher = build_model(config.teacher.model, input_shape=data.input_shape, num_classes=data.num_classes)
+        teacher = build_model(config.teacher.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                              vocab_size=vocab_size)
         if config.teacher.weights:
             load_weights(teacher, config.teacher.weights)
     _check_outputs({"teacher": teacher}, data)
+    if language_model and data.tokenizer is not None and config.teacher.model is not None:
+        from distill.causal_lm import check_tokenizers
+
+        check_tokenizers(config, data.tokenizer)  # before a teacher is trained here, not after
     _save_recipe(config, run_dir)
     if teacher is not None:
         if config.teacher.train is not None:
             teacher, stages["teacher"] = _stage(
-                "teacher", teacher, config.teacher.model, data, objective=Objective.hard_labels(),
+                "teacher", teacher, config.teacher.model, data, objective=Objective.hard_labels(language_model),
                 run_dir=run_dir, seed=config.seed + TEACHER_SEED_OFFSET, resume=resume, teacher=None,
                 training=config.teacher.train, show_progress=show_progress)
         teacher.eval().requires_grad_(False)
@@ -246,18 +273,26 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         student.requires_grad_(True)
     elif student is None:
         torch.manual_seed(config.seed)
-        student = build_model(config.student.model, input_shape=data.input_shape, num_classes=data.num_classes)
+        student = build_model(config.student.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                              vocab_size=vocab_size)
         if config.student.weights:
             load_weights(student, config.student.weights)
     _check_outputs({"teacher": teacher, "student": student}, data)
+    objective_config, shared_vocab = config.objective, None
+    if language_model and teacher is not None and data.tokenizer is not None:
+        from distill.causal_lm import check_pair, with_vocab_size
+
+        shared_vocab = check_pair(config, data.tokenizer, teacher, student)
+        objective_config = with_vocab_size(config.objective, shared_vocab)
     baseline = None
     if config.baseline:
         baseline, stages["baseline"] = _stage(
-            "baseline", copy.deepcopy(student), config.student.model, data, objective=Objective.hard_labels(),
+            "baseline", copy.deepcopy(student), config.student.model, data,
+            objective=Objective.hard_labels(language_model),
             run_dir=run_dir, seed=config.seed, resume=resume, teacher=None, training=config.training,
             show_progress=show_progress)
     student, stages["student"] = _stage(
-        "student", student, config.student.model, data, objective=Objective(config.objective),
+        "student", student, config.student.model, data, objective=Objective(objective_config),
         run_dir=run_dir, seed=config.seed, resume=resume, teacher=teacher, training=config.training,
         show_progress=show_progress)
 
@@ -265,8 +300,17 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
               if model is not None}
     task = config.evaluation.task
     if task == "auto":
-        task = "classification" if data.num_classes is not None else "embedding"
-    if task == "classification":
+        task = ("language-modeling" if language_model else
+                "classification" if data.num_classes is not None else "embedding")
+    if task == "language-modeling":
+        from distill.evaluate.lm import evaluate_language_models
+
+        metrics = evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=shared_vocab)
+        if data.tokenizer is not None:  # exported models come with their tokenizer, ready for from_pretrained
+            for name in models:
+                if name != "teacher" or config.teacher.train is not None:
+                    data.tokenizer.save_pretrained(str(run_dir / name))
+    elif task == "classification":
         metrics = evaluate_models(models, data.test, evaluation=config.evaluation)
     else:
         metrics = evaluate_embeddings(models, data.test, evaluation=config.evaluation)
@@ -275,6 +319,10 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         "data": data.summary, "wall_seconds": round(time.perf_counter() - started, 3),
     })
     write_json_atomic(run_dir / "metrics.json", metrics)
-    if show_progress:
+    if show_progress and task == "language-modeling":
+        from distill.evaluate.lm import print_lm_summary
+
+        print_lm_summary(metrics, run_dir)
+    elif show_progress:
         print_summary(metrics, run_dir)
     return RunResult(run_dir, metrics, student, teacher, baseline)

@@ -70,14 +70,14 @@ class DistillationStep(nn.Module):
         self.student, self.objective = student, objective
         self.capture = capture
 
-    def forward(self, batch: dict[str, Any], teacher_signals: dict[str, Tensor] | None
-                ) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.loss(self.capture.forward(self.student, batch), teacher_signals, batch)
+    def forward(self, batch: dict[str, Any], teacher_signals: dict[str, Tensor] | None,
+                normalizer: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.loss(self.capture.forward(self.student, batch), teacher_signals, batch, normalizer)
 
     def loss(self, student_signals: dict[str, Tensor], teacher_signals: dict[str, Tensor] | None,
-             batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+             batch: dict[str, Any], normalizer: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(student_signals, teacher_signals, batch.get("labels"),
-                              attention_mask=batch.get("attention_mask"))
+                              attention_mask=batch.get("attention_mask"), normalizer=normalizer)
 
 
 def probe_batch(dataset: Dataset) -> dict[str, Any]:
@@ -89,8 +89,11 @@ def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | No
                  ) -> tuple[DistillationStep, SignalCapture | None]:
     """Hook both models for the signals the objective reads and build adapters from a probe batch, before any
     training: an unknown module path or shapes no projection can reconcile fail here."""
-    # The output ("logits") is always kept: it costs nothing and validation reads accuracy from it.
-    student_capture = SignalCapture(model, objective.signals("student") | {"logits"}, role="student")
+    # The output ("logits") is kept for validation accuracy, where it costs nothing; not for LMs read through
+    # final_hidden, whose full logits are exactly what must not be built.
+    student_names = objective.signals("student")
+    student_capture = SignalCapture(model, student_names | ({"logits"} if "final_hidden" not in student_names
+                                                            else set()), role="student")
     teacher_capture = (SignalCapture(teacher, objective.signals("teacher"), role="teacher")
                        if objective.needs_teacher and teacher is not None else None)
     was_training = model.training
@@ -122,11 +125,11 @@ def validate(step_module: DistillationStep, teacher: nn.Module | None, teacher_c
         for name, value in (("eval/loss", total), *((f"eval/loss/{key}", value) for key, value in terms.items())):
             sums[name] = sums.get(name, 0.0) + float(value) * size
         count += size
-        if "labels" in batch:
+        if "labels" in batch and "logits" in student_signals:
             correct += int((student_signals["logits"].argmax(-1) == batch["labels"]).sum())
     step_module.train()
     result = {name: round(value / max(count, 1), 6) for name, value in sums.items()}
-    if "labels" in dataset[0]:  # type: ignore[index]
+    if "labels" in dataset[0] and any(spec.kind == "logits" for spec in step_module.capture.specs):  # type: ignore[index]
         result["eval/accuracy"] = round(correct / max(count, 1), 6)
     return result
 
@@ -234,6 +237,29 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             for key, value in batch.items()}
 
 
+def _with_token_counts(batches: Any, grad_accum: int, accelerator: Accelerator
+                       ) -> Iterator[tuple[dict[str, Any], float]]:
+    """Each micro-batch with the normaliser of token-level losses: the supervised tokens (labels != -100) of
+    its whole accumulation window on all processes, counted before any backward pass, divided by
+    grad_accum x processes (Accelerate divides each micro-batch loss by grad_accum and DDP averages over
+    processes). Per-token losses then sum to one mean over the window, however it is split into micro-batches
+    and whatever their share of padding or prompt tokens. Incomplete windows (an epoch's tail) are not trained
+    on, so they are not yielded."""
+    window: list[dict[str, Any]] = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) < grad_accum:
+            continue
+        count = torch.tensor(float(sum(int((item["labels"] != -100).sum()) for item in window)),
+                             device=accelerator.device)
+        if accelerator.num_processes > 1:
+            count = accelerator.reduce(count, reduction="sum")
+        normalizer = max(float(count), 1.0) / (grad_accum * accelerator.num_processes)
+        for item in window:
+            yield item, normalizer
+        window = []
+
+
 def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, training: TrainingConfig, stage: str,
         run_dir: Path, seed: int, teacher: nn.Module | None = None, val_dataset: Dataset | None = None,
         resume: bool = False, show_progress: bool = True) -> StageResult:
@@ -312,7 +338,9 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
             epoch, micro_offset = divmod(step * training.grad_accum, steps_per_epoch * training.grad_accum)
             loader.set_epoch(epoch)
             batches = accelerator.skip_first_batches(loader, micro_offset) if micro_offset else loader
-            for micro_index, batch in enumerate(batches, start=micro_offset):
+            windows = (_with_token_counts(batches, training.grad_accum, accelerator) if objective.counts_tokens
+                       else ((batch, None) for batch in batches))
+            for micro_index, (batch, normalizer) in enumerate(windows, start=micro_offset):
                 if micro_index >= steps_per_epoch * training.grad_accum:
                     break  # the epoch's tail that does not fill an optimizer step is dropped
                 batch = _to_device(batch, accelerator.device)
@@ -324,7 +352,7 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
                         if teacher_capture is not None:
                             with torch.no_grad():
                                 teacher_signals = teacher_capture.forward(teacher, batch)
-                        total, terms = wrapped(batch, teacher_signals)
+                        total, terms = wrapped(batch, teacher_signals, normalizer)
                     if not torch.isfinite(total):
                         bad = [name for name, value in terms.items() if not torch.isfinite(value)]
                         kept = list_checkpoints(checkpoint_dir)

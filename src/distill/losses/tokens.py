@@ -44,6 +44,7 @@ __all__ = [
     "dense_token_kd",
     "chunked_token_kd",
     "chunked_token_kd_topk",
+    "chunked_token_ce",
 ]
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv")
@@ -647,3 +648,54 @@ def chunked_token_kd_topk(
             return rows, grad * t
 
     return _run_fused(sh, student_weight, student_bias, index, chunk_loss, chunk_size, inv_norm)
+
+
+def chunked_token_ce(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    chunk_size: int = 1024,
+    normalizer: Normalizer = None,
+) -> Tensor:
+    """Next-token cross-entropy from final hidden states and the output head, chunk by chunk (the fused linear
+    cross-entropy of Liger): equal in value and gradients to ``F.cross_entropy(hidden @ weight.T + bias, labels,
+    reduction="sum") / normalizer`` without the ``N x V`` logits.
+
+    Args:
+        hidden: ``[N, H]`` or ``[B, T, H]`` final hidden states (flattened).
+        weight: ``[V, H]`` output-head weight; ``bias`` an optional ``[V]`` bias.
+        labels: ``[N]`` or ``[B, T]`` target ids aligned with the hidden states (already shifted);
+            ``ignore_index`` marks unsupervised tokens.
+        chunk_size: tokens per chunk.
+        normalizer: divisor of the summed loss; ``None`` = supervised tokens in this call (at least 1). With
+            gradient accumulation pass the supervised-token count of the whole accumulated batch.
+
+    Returns:
+        0-d loss tensor (float32, or float64 for float64 inputs).
+    """
+    _check_chunk_size(chunk_size)
+    flat_hidden = _flatten_hidden("hidden", hidden)
+    _check_head("student", flat_hidden, weight, bias)
+    index = _supervised_index(labels, flat_hidden.shape[0], ignore_index, flat_hidden.device)
+    targets = labels.reshape(-1).to(flat_hidden.device)
+    targets = targets.index_select(0, index) if index is not None else targets
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= weight.shape[0]):
+        raise ValueError(f"labels hold ids outside the vocabulary of {weight.shape[0]} (or negative ids other "
+                         f"than ignore_index={ignore_index})")
+    inv_norm = 1.0 / _resolve_normalizer(normalizer, targets.numel())
+
+    def chunk_loss(start: int, end: int, logits: Tensor, need_grad: bool):
+        chunk_targets = targets[start:end].unsqueeze(1)
+        log_probs = F.log_softmax(logits, dim=-1)
+        rows = -log_probs.gather(1, chunk_targets).squeeze(1)
+        if not need_grad:
+            return rows, None
+        # d/dz -log softmax(z)[y] = softmax(z) - onehot(y)
+        grad = log_probs.exp_()
+        grad.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1.0, dtype=grad.dtype))
+        return rows, grad
+
+    return _run_fused(flat_hidden, weight, bias, index, chunk_loss, chunk_size, inv_norm)

@@ -1,0 +1,29 @@
+"""Tiny causal LMs and the tiny local tokenizer for the LLM tests (built here, never downloaded)."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from distill.causal_lm import load_tokenizer
+
+TOKENIZER = "builtin:kjv-bpe-512"
+
+
+def tokenizer():
+    return load_tokenizer(TOKENIZER)
+
+
+def tiny_llama(vocab_size=512, hidden=16, layers=2, seed=0, tie=True):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=128, tie_word_embeddings=tie)
+    return LlamaForCausalLM(config)
+
+
+def chats(count=8):
+    """Conversations with assistant answers of different lengths (so micro-batches differ in supervised tokens)."""
+    answers = ["Yea.", "In the beginning God created the heaven and the earth.", "Amen.",
+               "And the earth was without form, and void; and darkness was upon the face of the deep.",
+               "Let there be light.", "Behold, it was very good.", "Nay.", "The LORD is my shepherd; I shall not want."]
+    return [[{"role": "user", "content": f"Question number {index}?"},
+             {"role": "assistant", "content": answers[index % len(answers)]}] for index in range(count)]
