@@ -16,7 +16,8 @@ Columns, each from the same initial student weights and the same teacher:
   every 10 steps, no checkpoints.
 * ``trl_gkd_defaults``: the same trainer with TRL's defaults except ``bf16=False`` (bf16 autocast on this CPU is a
   different computation): gradient checkpointing on, clipping at 1.0, linear decay.
-* ``ours``: distill's trainer on the same models, batch and objective (``run_ours``).
+* ``ours``: distill's trainer (``distill.trainer.fit``) on the same models, batch and objective: a ``token_kd``
+  term (jsd, beta 0.5) on the ``final_hidden`` signal, chunked over tokens (``run_ours``).
 
 Per-step time: every loop takes a timestamp after each optimizer step; a round runs ``--warmup`` + ``--steps``
 steps and its per-step time is (stamp[warmup + steps] - stamp[warmup]) / steps, so setup (trainer construction,
@@ -25,7 +26,7 @@ the scheduler) is counted. Columns alternate within each round, the order rotati
 ``hand`` are taken per round and the median over rounds is reported with its min-max spread. tokens/s counts the
 8 x 128 input tokens of a step.
 
-    .venv/bin/python benchmarks/llm_kd_throughput.py [--rounds 3] [--steps 30] [--warmup 3] [--threads 2]
+    .venv/bin/python benchmarks/llm_kd_throughput.py [--rounds 3] [--steps 30] [--warmup 3] [--threads 1]
         [--columns hand trl_gkd trl_gkd_defaults ours] [--quick]
 """
 
@@ -164,13 +165,80 @@ def run_trl_gkd(student, teacher, batches: list[torch.Tensor], steps: int, defau
     return stamps
 
 
-def run_ours(student, teacher, batches: list[torch.Tensor], steps: int) -> list[float]:
-    """distill's trainer on the same models, batch and objective.
+class _Blocks(torch.utils.data.Dataset):
+    """The loops' batches as LM examples for distill: labels are next-token targets, the last position
+    unsupervised, so the same 8 x 127 tokens are supervised as in the other columns."""
 
-    TODO(issue 7): needs the token-level KD term wired into ``distill.trainer.fit`` (branch ``llm``); until that
-    lands this column cannot be measured.
-    """
-    raise NotImplementedError("ours: the token-level KD term is not wired into distill's trainer on this branch yet")
+    def __init__(self, batches: list[torch.Tensor]):
+        from distill.data.lm import next_token_targets
+
+        self.rows = [row for batch in batches for row in batch]
+        self.labels = [torch.tensor(next_token_targets(row.tolist())) for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.rows[index], "attention_mask": torch.ones_like(self.rows[index]),
+                "labels": self.labels[index]}
+
+
+def run_ours(student, teacher, batches: list[torch.Tensor], steps: int) -> list[float]:
+    """distill's trainer (``distill.trainer.fit``) on the same models, batch and objective: one ``token_kd`` term
+    (jsd, beta 0.5, T 1) on the ``final_hidden`` signal, AdamW at a constant lr, no clipping, fp32 on CPU, a log line
+    every 10 steps, no checkpoint inside the window (the final one is written after the last timestamp). Per-step
+    timestamps come from wrapping ``lr_multiplier``, which the LambdaLR calls once per optimizer step, after it."""
+    from distill import trainer as train_module
+    from distill.config import ObjectiveConfig, TrainingConfig
+    from distill.objective import Objective
+
+    objective = Objective(ObjectiveConfig(temperature=1.0, terms=[
+        {"name": "kd", "loss": "token_kd", "student": "final_hidden", "teacher": "final_hidden", "weight": 1.0,
+         "options": {"divergence": "jsd", "beta": BETA}}]))
+    training = TrainingConfig(max_steps=steps, batch_size=BATCH, optimizer="adamw", lr=LR, weight_decay=0.0,
+                              schedule="constant", mixed_precision="no", device="cpu", log_every=10,
+                              checkpoint_every=10 * steps)
+    stamps: list[float] = []
+    original = train_module.lr_multiplier
+
+    def timed_multiplier(*args, **kwargs):
+        multiplier = original(*args, **kwargs)
+
+        def timed(step: int) -> float:
+            stamps.append(time.perf_counter())
+            return multiplier(step)
+        return timed
+
+    train_module.lr_multiplier = timed_multiplier
+    try:
+        with tempfile.TemporaryDirectory(prefix="llm_kd_throughput_") as run_dir:
+            train_module.fit(student, _Blocks(batches), objective=objective, training=training, stage="student",
+                             run_dir=Path(run_dir), seed=0, teacher=teacher, show_progress=True)
+    finally:
+        train_module.lr_multiplier = original
+    return stamps[1:]  # stamps[0]: LambdaLR's call at construction (setup)
+
+
+def objective_parity(student, teacher, input_ids: torch.Tensor) -> dict[str, float]:
+    """The step's loss on one batch as the hand loop computes it, as GKDTrainer does (labels = input_ids) and as
+    ours does (distill's chunked token KD on the final hidden states and heads, next-token labels)."""
+    from trl.experimental.gkd import GKDTrainer
+
+    with torch.no_grad():
+        student_logits = student(input_ids=input_ids).logits
+        teacher_logits = teacher(input_ids=input_ids).logits
+    hand = float(jsd_loss(student_logits[:, :-1], teacher_logits[:, :-1]))
+    trl = float(GKDTrainer.generalized_jsd_loss(student_logits[:, :-1], teacher_logits[:, :-1],
+                                                labels=input_ids[:, 1:], beta=BETA))
+    from distill.losses.tokens import chunked_token_kd
+
+    with torch.no_grad():
+        student_hidden = student.model(input_ids=input_ids).last_hidden_state
+        teacher_hidden = teacher.model(input_ids=input_ids).last_hidden_state
+        ours = float(chunked_token_kd(student_hidden, student.lm_head.weight, teacher_hidden,
+                                      teacher.lm_head.weight, torch.stack(_Blocks([input_ids]).labels),
+                                      divergence="jsd", beta=BETA, temperature=1.0))
+    return {"hand": hand, "trl_gkd": trl, "ours_loss_function": ours}
 
 
 COLUMNS: dict[str, Callable] = {
@@ -191,7 +259,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    # 1 thread: on a shared, oversubscribed CPU two OpenMP threads spin-wait on each other
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
     parser.add_argument("--quick", action="store_true", help="1 round of 3 steps, to check the script runs")
     parser.add_argument("--output", default="llm_kd_throughput")
@@ -214,6 +283,11 @@ def main() -> None:
                   f"parameters; batch {BATCH} x {SEQ_LEN}; {args.threads} threads")
     total = args.warmup + args.steps
     batches = make_batches(total, seed=2)
+
+    losses = objective_parity(student0, teacher, batches[0])
+    console.print("loss on the first batch: " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+    if max(losses.values()) - min(losses.values()) > 1e-5 * max(losses.values()):
+        raise SystemExit(f"the columns do not compute the same objective: {losses}")
 
     per_step: dict[str, list[float | None]] = {c: [] for c in args.columns}
     errors: dict[str, str] = {}
@@ -276,6 +350,7 @@ def main() -> None:
         "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, **sizes,
         "trl_version": _version("trl"), "transformers_version": _version("transformers"),
         "ratio_to_hand": {c: s.get("ratio_to_hand_median") for c, s in summary.items()},
+        "first_batch_loss": losses,
         "goal_ours_ratio_to_hand": 1.05, "issue_figures": {"trl_gkd": 1.34, "trl_gkd_defaults": 2.14},
         "columns": summary,
     })

@@ -24,8 +24,8 @@ runs (the first is a warm-up). A watchdog ends a worker whose resident set passe
 N = 1,024 (``--settings``), then ours alone at larger N (``--scaling``), where the dense reference cannot run; its
 peak there is extrapolated linearly in N from the measured point (dense memory is N x V x a constant).
 
-    .venv/bin/python benchmarks/token_kd_memory.py [--betas 0.5 0] [--repeats 3] [--chunk-sizes 1024 256]
-        [--scaling 16384 65536] [--threads 2] [--quick]
+    .venv/bin/python benchmarks/token_kd_memory.py [--betas 0 0.5] [--repeats 1] [--chunk-sizes 256 1024]
+        [--scaling 16384] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -242,13 +242,16 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, help="VOCABxTOKENS")
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[256, 1024],
                         help="tokens per chunk for ours (1024 is the function's default); sizes >= N are skipped "
-                             "(one chunk is then the whole batch)")
+                             "(one chunk is then the whole batch); sizes after the first only at the first beta")
     parser.add_argument("--scaling", type=int, nargs="*", default=[16384],
                         help="larger N at the first setting's V, first beta and first chunk size: ours alone")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median reported)")
-    parser.add_argument("--threads", type=int, default=2)
+    # 1 thread: on a shared, oversubscribed CPU two OpenMP threads spin-wait on each other (measured 1.8x slower)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-gib", type=float, default=12.0, help="no run may pass this resident set")
     parser.add_argument("--skip-trl-chunked", action="store_true")
+    parser.add_argument("--methods", nargs="+", choices=list(LOSSES), default=list(LOSSES),
+                        help="measure only these (ratios need trl_dense in the same run)")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     parser.add_argument("--output", default="token_kd_memory")
     # worker mode (internal)
@@ -290,8 +293,11 @@ def main() -> None:
             jobs.append(("trl_dense", vocab, tokens, beta, None))
             if not args.skip_trl_chunked:
                 jobs.append(("trl_chunked", vocab, tokens, beta, None))
-            jobs += [("ours", vocab, tokens, beta, c) for c in args.chunk_sizes if c < tokens]
+            # the further chunk sizes only at the first beta: each measurement costs minutes here
+            sizes = args.chunk_sizes if beta == args.betas[0] else args.chunk_sizes[:1]
+            jobs += [("ours", vocab, tokens, beta, c) for c in sizes if c < tokens]
     jobs += [("ours", settings[0][0], n, args.betas[0], args.chunk_sizes[0]) for n in args.scaling]
+    jobs = [job for job in jobs if job[0] in args.methods]
 
     results = []
     with Progress(console=console, transient=True) as progress:
