@@ -551,3 +551,58 @@ def test_topk_bad_arguments_and_no_teacher_grad():
     lp.requires_grad_()
     chunked_token_kd_topk(sh, sw, lp, ids, labels).backward()
     assert lp.grad is None and sw.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# backward hands the forward's gradients over: the [V, H] weight gradient is never copied
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Allocations(TorchDispatchMode):
+    """numel of every new tensor produced by any op while active (views such as detach allocate nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            self.sizes += [x.numel() for x in tree_flatten(out)[0] if isinstance(x, torch.Tensor)]
+        return out
+
+
+def _head_problem(seed=21, n=48, v=96, h=8):
+    g = torch.Generator().manual_seed(seed)
+    sh = torch.randn(n, h, generator=g, dtype=torch.float64).requires_grad_()
+    sw = torch.randn(v, h, generator=g, dtype=torch.float64).requires_grad_()
+    th, tw = torch.randn(n, h, generator=g, dtype=torch.float64), torch.randn(v, h, generator=g, dtype=torch.float64)
+    return sh, sw, th, tw
+
+
+def test_backward_allocates_no_weight_sized_tensor():
+    sh, sw, th, tw = _head_problem()
+    loss = chunked_token_kd(sh, sw, th, tw, divergence="jsd", chunk_size=16)
+    with _Allocations() as mode:
+        loss.backward()
+    # before the fix backward returned grad * grad_output: a fresh [V, H] (and [N, H]) tensor at peak
+    assert sw.numel() not in mode.sizes and sh.numel() not in mode.sizes
+    dense_sh, dense_sw = sh.detach().clone().requires_grad_(), sw.detach().clone().requires_grad_()
+    dense_token_kd(dense_sh @ dense_sw.T, th @ tw.T, divergence="jsd").backward()
+    torch.testing.assert_close(sw.grad, dense_sw.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sh.grad, dense_sh.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_scaled_loss_and_second_backward_give_the_right_gradients():
+    sh, sw, th, tw = _head_problem(seed=22)
+    chunked_token_kd(sh, sw, th, tw).backward()
+    once_sh, once_sw = sh.grad.clone(), sw.grad.clone()
+    sh.grad = sw.grad = None
+    loss = chunked_token_kd(sh, sw, th, tw)
+    (2.5 * loss).backward(retain_graph=True)
+    torch.testing.assert_close(sw.grad, 2.5 * once_sw, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sh.grad, 2.5 * once_sh, rtol=1e-12, atol=0)
+    # the first backward handed its buffers over; a second one through the same graph recomputes them
+    loss.backward()
+    torch.testing.assert_close(sw.grad, 3.5 * once_sw, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sh.grad, 3.5 * once_sh, rtol=1e-12, atol=0)

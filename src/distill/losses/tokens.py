@@ -263,7 +263,9 @@ class _FusedLinearLoss(torch.autograd.Function):
     (``[N, H] + [V, H]``) is no larger than the inputs themselves. The price is that forward does the gradient
     work even if ``backward`` is never called; the public wrappers therefore skip this Function (and the gradient
     work) whenever no student input requires grad or grad mode is off. Because the loss is a scalar,
-    ``backward`` only scales the stored gradients by ``grad_output``. Double backward is not supported.
+    ``backward`` hands the stored gradients over (scaled in place by ``grad_output`` when it is not 1), so
+    they are never copied (a second backward through the same graph recomputes them); double backward is not
+    supported.
     """
 
     @staticmethod
@@ -272,18 +274,32 @@ class _FusedLinearLoss(torch.autograd.Function):
         loss, gh, gw, gb = _fused_linear_loop(
             hidden, weight, bias, chunk_loss, chunk_size, inv_norm, need_hidden, need_weight, need_bias
         )
-        ctx.save_for_backward(gh, gw, gb)
+        # The gradients are kept as a plain attribute, not with save_for_backward, so that backward can hand them
+        # over (see there); they are new tensors without autograd history, so ctx holds no reference cycle. The
+        # inputs are saved only to recompute them if backward runs a second time (retain_graph, gradcheck).
+        ctx.gradients = (gh, gw, gb)
+        ctx.save_for_backward(hidden, weight, bias)
+        ctx.loop_args = (chunk_loss, chunk_size, inv_norm)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
-        gh, gw, gb = ctx.saved_tensors
+        gradients = ctx.__dict__.pop("gradients", None)
+        if gradients is None:  # a second backward through the same graph: the first one took the buffers
+            hidden, weight, bias = ctx.saved_tensors
+            need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+            _, *gradients = _fused_linear_loop(hidden, weight, bias, *ctx.loop_args, need_hidden, need_weight,
+                                               need_bias)
+        # Hand the buffers over instead of returning a scaled copy: with no other reference left, autograd adopts
+        # them as .grad, so the [V, H] weight gradient exists once (a copy doubled that part of the peak).
+        scale = None if bool((grad_output == 1).all()) else grad_output
 
-        def scale(g):
-            return None if g is None else g * grad_output.to(g.dtype)
+        def scaled(g):
+            return g if g is None or scale is None else g.mul_(scale.to(g.dtype))
 
-        return scale(gh), scale(gw), scale(gb), None, None, None
+        gh, gw, gb = gradients
+        return scaled(gh), scaled(gw), scaled(gb), None, None, None
 
 
 def _run_fused(
