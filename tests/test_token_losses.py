@@ -606,3 +606,23 @@ def test_scaled_loss_and_second_backward_give_the_right_gradients():
     loss.backward()
     torch.testing.assert_close(sw.grad, 3.5 * once_sw, rtol=1e-12, atol=0)
     torch.testing.assert_close(sh.grad, 3.5 * once_sh, rtol=1e-12, atol=0)
+
+
+def test_automatic_chunk_size_follows_the_vocabulary():
+    from distill.losses.tokens import auto_chunk_size
+
+    # 2**24 logits per chunk, rounded down to a power of two, kept within [16, 1024]
+    assert auto_chunk_size(49_152) == 256
+    assert auto_chunk_size(262_144) == 64
+    assert auto_chunk_size(1_000) == 1024
+    assert auto_chunk_size(10_000_000) == 16
+
+
+def test_default_chunking_equals_one_chunk():
+    torch.manual_seed(0)
+    student_hidden, teacher_hidden = torch.randn(300, 8, dtype=torch.float64), torch.randn(300, 6, dtype=torch.float64)
+    student_weight, teacher_weight = torch.randn(70_000, 8, dtype=torch.float64), torch.randn(70_000, 6, dtype=torch.float64)
+    labels = torch.zeros(300, dtype=torch.long)
+    automatic = chunked_token_kd(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
+    whole = chunked_token_kd(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, chunk_size=300)
+    assert torch.allclose(automatic, whole, rtol=1e-12, atol=0)

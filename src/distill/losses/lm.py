@@ -20,7 +20,8 @@ from torch import Tensor
 
 from distill.capture import FinalHidden
 from distill.errors import DistillError
-from distill.losses.tokens import DIVERGENCES, chunked_token_ce, chunked_token_kd, chunked_token_kd_topk
+from distill.losses.tokens import (DIVERGENCES, auto_chunk_size, chunked_token_ce, chunked_token_kd,
+                                   chunked_token_kd_topk)
 
 
 def _final_hidden(value: Any, role: str, loss: str) -> FinalHidden:
@@ -52,7 +53,7 @@ def _teacher_topk(teacher: FinalHidden, rows: Tensor, k: int, chunk_size: int, v
 
 def token_kd(student_final: FinalHidden, teacher_final: FinalHidden, labels: Tensor, *,
              divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-             top_k: int | None = None, chunk_size: int = 1024, normalizer: Any = None,
+             top_k: int | None = None, chunk_size: int | None = None, normalizer: Any = None,
              vocab_size: int | None = None) -> Tensor:
     """Token-level KD between next-token distributions, from hidden states and heads, chunk by chunk.
 
@@ -77,6 +78,8 @@ def token_kd(student_final: FinalHidden, teacher_final: FinalHidden, labels: Ten
         raise DistillError(f"token_kd: top_k works with divergence forward_kl only (got {divergence!r})")
     flat_hidden = student.hidden.reshape(-1, student.hidden.shape[-1])
     rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(vocab_size or teacher.weight.shape[0])
     topk_logprobs, topk_ids = _teacher_topk(teacher, rows, top_k, chunk_size, vocab_size)
     weight = student.weight[:vocab_size] if vocab_size else student.weight
     bias = None if student.bias is None else (student.bias[:vocab_size] if vocab_size else student.bias)
@@ -85,7 +88,7 @@ def token_kd(student_final: FinalHidden, teacher_final: FinalHidden, labels: Ten
                                  normalizer=normalizer)
 
 
-def token_ce(student_final: FinalHidden, labels: Tensor, *, chunk_size: int = 1024, normalizer: Any = None
+def token_ce(student_final: FinalHidden, labels: Tensor, *, chunk_size: int | None = None, normalizer: Any = None
              ) -> Tensor:
     """Next-token cross-entropy on the supervised tokens, from hidden states and head, chunk by chunk."""
     student = _final_hidden(student_final, "student", "token_ce")

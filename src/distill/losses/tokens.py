@@ -333,9 +333,24 @@ def _check_head(name: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor
         raise ValueError(f"{name}_bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}")
 
 
-def _check_chunk_size(chunk_size: int) -> None:
+# Tokens per chunk when the caller gives none: as many as keep one chunk's fp32 logits near 64 MiB (2**24
+# values), a power of two between 16 and 1024. Measured (docs/benchmarks.md): 256 at V = 49,152 and 64 at
+# V = 262,144 keep the loss's peak at 4-11% of the dense reference's, while a fixed 1024 saves nothing once
+# N <= 1024 at a large vocabulary.
+AUTO_CHUNK_VALUES = 2**24
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    tokens = max(1, AUTO_CHUNK_VALUES // max(1, int(vocab_size)))
+    return int(min(1024, max(16, 2 ** int(math.log2(tokens)))))
+
+
+def _check_chunk_size(chunk_size: Optional[int], vocab_size: int) -> int:
+    if chunk_size is None:
+        return auto_chunk_size(vocab_size)
     if not (isinstance(chunk_size, int) and chunk_size > 0):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be a positive int (or None for automatic), got {chunk_size!r}")
+    return chunk_size
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -458,7 +473,7 @@ def chunked_token_kd(
     beta: float = 0.5,
     skew: float = 0.1,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: Optional[int] = None,
     normalizer: Normalizer = None,
     vocab_size: Optional[int] = None,
 ) -> Tensor:
@@ -486,7 +501,8 @@ def chunked_token_kd(
         beta: teacher weight for ``jsd`` (TRL convention).
         skew: mixing weight for ``skew_kl`` / ``skew_reverse_kl``.
         ignore_index: label value marking unsupervised tokens.
-        chunk_size: number of tokens per chunk; larger is faster, smaller uses less memory.
+        chunk_size: number of tokens per chunk; larger is faster, smaller uses less memory. None: chosen
+            from V by :func:`auto_chunk_size` (a chunk's logits near 2**24 values).
         normalizer: divisor of the summed divergence. ``None`` = the number of supervised tokens in this call (at
             least 1, so a call without supervised tokens returns 0). With gradient accumulation pass the
             supervised-token count of the whole accumulated batch, so that batch 8 x accumulation 1 gives the
@@ -505,7 +521,7 @@ def chunked_token_kd(
             or on a ``vocab_size`` larger than either head.
     """
     _check_options(divergence, temperature, beta, skew)
-    _check_chunk_size(chunk_size)
+    chunk_size = _check_chunk_size(chunk_size, student_weight.shape[0])
     sh = _flatten_hidden("student_hidden", student_hidden)
     th = _flatten_hidden("teacher_hidden", teacher_hidden).detach()
     tw = teacher_weight.detach()
@@ -559,7 +575,7 @@ def chunked_token_kd_topk(
     student_bias: Optional[Tensor] = None,
     temperature: float = 1.0,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: Optional[int] = None,
     normalizer: Normalizer = None,
 ) -> Tensor:
     """Forward KL against a teacher stored only as its top-k log-probabilities (offline / cached teachers).
@@ -603,7 +619,7 @@ def chunked_token_kd_topk(
         0-d loss tensor (float32, or float64 for float64 inputs); gradients flow to the student inputs only.
     """
     _check_options("forward_kl", temperature, 0.5, 0.1)
-    _check_chunk_size(chunk_size)
+    chunk_size = _check_chunk_size(chunk_size, student_weight.shape[0])
     sh = _flatten_hidden("student_hidden", student_hidden)
     _check_head("student", sh, student_weight, student_bias)
     v = student_weight.shape[0]
@@ -673,7 +689,7 @@ def chunked_token_ce(
     *,
     bias: Optional[Tensor] = None,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: Optional[int] = None,
     normalizer: Normalizer = None,
 ) -> Tensor:
     """Next-token cross-entropy from final hidden states and the output head, chunk by chunk (the fused linear
@@ -692,7 +708,7 @@ def chunked_token_ce(
     Returns:
         0-d loss tensor (float32, or float64 for float64 inputs).
     """
-    _check_chunk_size(chunk_size)
+    chunk_size = _check_chunk_size(chunk_size, weight.shape[0])
     flat_hidden = _flatten_hidden("hidden", hidden)
     _check_head("student", flat_hidden, weight, bias)
     index = _supervised_index(labels, flat_hidden.shape[0], ignore_index, flat_hidden.device)
