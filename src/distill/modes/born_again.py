@@ -32,4 +32,5 @@ def run(job: ModeRun, student, mode: BornAgainMode) -> RunResult:
     if mode.ensemble and mode.generations > 1:
         models["ensemble"] = ProbabilityEnsemble({name.replace("-", "_"): model for name, model in generations.items()
                                                   if name != "generation-0"})
-    return job.finish(models, student_stage=f"generation-{mode.generations}", extra={"teachers_of": teachers_of})
+    return job.finish(models, student_stage=f"generation-{mode.generations}",
+                      student_spec=config.student.model, extra={"teachers_of": teachers_of})

@@ -18,7 +18,7 @@ from distill.checkpoint import write_json_atomic
 from distill.config import Recipe, TrainingConfig
 from distill.errors import DistillError
 from distill.evaluate.report import evaluate_models
-from distill.models import build_model, count_parameters, load_weights
+from distill.models import build_model, count_parameters, export_model, load_weights
 from distill.objective import Objective
 from distill.run import TEACHER_SEED_OFFSET, RunData, RunResult, _check_outputs, _save_recipe, _stage
 
@@ -76,10 +76,14 @@ class ModeRun:
                           objective=Objective.hard_labels(), seed=self.config.seed, data=data)
 
     def finish(self, models: dict[str, nn.Module | None], *, extra: dict[str, Any] | None = None,
-               student_stage: str = "student") -> RunResult:
+               student_stage: str = "student", student_spec: Any = None) -> RunResult:
         """Evaluate every model on the test set (``teacher`` is the reference for agreement and gap recovered),
-        write ``metrics.json`` and return the run."""
+        write ``metrics.json`` and return the run. A final student trained under another stage name is also
+        exported to ``student/``, where every run keeps it."""
         present = {name: model.eval() for name, model in models.items() if model is not None}
+        if student_stage != "student" and "student" in present:
+            export_model(present["student"], student_spec, self.run_dir / "student",
+                         input_shape=self.data.input_shape, num_classes=self.data.num_classes)
         metrics = evaluate_models(present, self.data.test, evaluation=self.config.evaluation)
         metrics.update({
             "recipe": self.config.name, "seed": self.config.seed, "mode": self.config.mode.kind,  # type: ignore[union-attr]

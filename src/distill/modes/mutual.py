@@ -8,11 +8,14 @@ every peer, its teacher terms (soft_kl) reading the other peers through ``peer_k
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
 from distill.config import MutualMode, ObjectiveConfig, TermConfig
 from distill.errors import DistillError
+from distill.models import export_model
 from distill.modes.common import ModeRun, require_classifier
 from distill.objective import Objective
 from distill.run import RunResult
@@ -60,23 +63,16 @@ def run(job: ModeRun, student, mode: MutualMode) -> RunResult:
     alone = {}
     if config.baseline:
         for index, (spec, peer) in enumerate(zip(mode.peers, peers)):
-            alone[f"alone-{index}"] = job.stage(f"alone-{index}", _copy(peer), spec, objective=Objective.hard_labels(),
+            alone[f"alone-{index}"] = job.stage(f"alone-{index}", copy.deepcopy(peer), spec, objective=Objective.hard_labels(),
                                                 seed=config.seed + 31 * index)
     group = PeerGroup(peers)
     done = job.stage("peers", group, None, objective=objective, seed=config.seed)
     trained = list(done.peers)  # type: ignore[attr-defined]
-    from distill.models import export_model
-
     for index, (spec, peer) in enumerate(zip(mode.peers, trained)):
         export_model(peer, spec, job.run_dir / f"peer-{index}", input_shape=job.data.input_shape,
                      num_classes=job.data.num_classes)
     models = {f"peer-{index}": peer for index, peer in enumerate(trained)}
-    # "student" is the last (usually smallest) peer, "teacher" the first, so agreement reads as usual.
+    # "teacher" is the first (usually largest) peer and "student" the last, so agreement and the exported
+    # student/ read as in any run; "ensemble" is the peers' mean logits.
     return job.finish({"teacher": trained[0], **models, "ensemble": done, **alone, "student": trained[-1]},
-                      student_stage="peers")
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
+                      student_stage="peers", student_spec=mode.peers[-1])
