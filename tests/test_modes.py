@@ -416,3 +416,20 @@ def test_data_free_with_a_teacher_without_batch_norm_is_refused(tmp_path):
     with pytest.raises(DistillError, match="no batch-norm layers"):
         train(tmp_path, mode={"kind": "data_free"})
     assert not (tmp_path / "run" / "teacher").exists()
+
+
+# ------------------------------------------------------------------------------------------ Python modules
+def test_a_teacher_module_from_python_is_used_as_is(tmp_path, recorded_stages):
+    torch.manual_seed(0)
+    teacher = MLP(FEATURES, [24], CLASSES)
+    expected = teacher(torch.ones(2, FEATURES))
+    result = distill.train(recipe(teacher={}, mode={"kind": "assistant_chain", "assistants": [
+        {"kind": "mlp", "hidden": [12]}]}), output=tmp_path / "run", data=tiny_data(), teacher=teacher,
+        show_progress=False)
+    assert [call["name"] for call in recorded_stages] == ["assistant-1", "student"]  # nothing retrains it
+    assert recorded_stages[0]["teacher"] is teacher
+    assert torch.equal(teacher(torch.ones(2, FEATURES)), expected)
+    assert result.metrics["chain"][0] == ["teacher", FEATURES * 24 + 24 + 24 * CLASSES + CLASSES]
+    with pytest.raises(DistillError, match="a teacher module cannot be passed"):
+        distill.train(recipe(teacher={}, mode={"kind": "mutual", "peers": [{"kind": "mlp"}, {"kind": "mlp"}]}),
+                      output=tmp_path / "other", data=tiny_data(), teacher=teacher, show_progress=False)

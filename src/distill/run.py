@@ -214,7 +214,7 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
 
         run_dir = _check_run_dir(config, output, resume)
         return run_mode(config, run_dir, data or load_data(config), resume=resume, student=student,
-                        show_progress=show_progress)
+                        teacher=teacher, show_progress=show_progress)
     if teacher is None and config.teacher.model is None and config.needs_teacher():
         raise DistillError("teacher.model is not set and no teacher module was passed")
     if student is None and config.student.model is None and config.student.from_teacher is None:

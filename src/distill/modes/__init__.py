@@ -28,10 +28,14 @@ MODES = ("multi_teacher", "mutual", "born_again", "assistant_chain", "transfer_s
 
 
 def run_mode(config: Recipe, run_dir: Path, data: RunData, *, resume: bool = False, student: nn.Module | None = None,
-             show_progress: bool = True) -> RunResult:
-    """Run ``config`` (which has a ``mode``) in ``run_dir`` on ``data``."""
+             teacher: nn.Module | None = None, show_progress: bool = True) -> RunResult:
+    """Run ``config`` (which has a ``mode``) in ``run_dir`` on ``data``; ``student``/``teacher`` modules replace
+    what the recipe would build (regimes with several teachers or peers take them from the recipe only)."""
     assert config.mode is not None
-    job = ModeRun(config, run_dir, data, resume, show_progress)
+    if teacher is not None and config.mode.kind in ("multi_teacher", "mutual"):
+        raise DistillError(f"mode {config.mode.kind!r} builds its models from the recipe; a teacher module cannot be "
+                           "passed (export it with distill.models.export_model and name it with kind: saved)")
+    job = ModeRun(config, run_dir, data, resume, show_progress, given_teacher=teacher)
     if student is None:
         if config.student.model is None:
             raise DistillError(f"mode {config.mode.kind!r}: student.model is not set and no student module was passed")

@@ -23,17 +23,12 @@ def check_shrinks(sizes: list[tuple[str, int]]) -> None:
 
 def run(job: ModeRun, student, mode: AssistantChainMode) -> RunResult:
     config = job.config
-    if config.teacher.model is None:
-        raise DistillError("assistant_chain: teacher.model is not set")
-    teacher = job.build(config.teacher.model, config.seed + 1000, config.teacher.weights)
+    teacher, teacher_spec = job.teacher("assistant_chain")
     assistants = [job.build(spec, config.seed + 100 + index) for index, spec in enumerate(mode.assistants)]
     names = ["teacher", *(f"assistant-{index + 1}" for index in range(len(assistants))), "student"]
     check_shrinks([(name, parameter_count(model)) for name, model in zip(names, [teacher, *assistants, student])])
     job.check({"teacher": teacher, **dict(zip(names[1:-1], assistants)), "student": student})
-    if config.teacher.train is not None:
-        teacher = job.stage("teacher", teacher, config.teacher.model, objective=Objective.hard_labels(),
-                            seed=config.seed + 1000, training=config.teacher.train)
-    teacher = freeze(teacher)
+    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train)
     baseline = job.baseline(student)
     chain = {"teacher": teacher}
     current = teacher

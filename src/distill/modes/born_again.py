@@ -13,9 +13,12 @@ from distill.run import RunResult
 def run(job: ModeRun, student, mode: BornAgainMode) -> RunResult:
     config = job.config
     require_classifier(job.data, "born_again")
-    spec = config.teacher.model or config.student.model
-    train = config.teacher.train or config.training
-    generation = job.teacher_stage("generation-0", spec, train, config.teacher.weights)
+    if job.given_teacher is not None or config.teacher.model is not None:
+        first, spec = job.teacher("born_again")
+    else:  # generation 0 is the student's architecture
+        spec = config.student.model
+        first = job.build(spec, config.seed + 1000, config.teacher.weights)
+    generation = job.teacher_stage("generation-0", first, spec, config.teacher.train or config.training)
     job.check({"generation-0": generation, "student": student})
     baseline = job.baseline(student)
     generations = {"generation-0": generation}

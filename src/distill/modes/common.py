@@ -31,6 +31,7 @@ class ModeRun:
     data: RunData
     resume: bool
     show_progress: bool
+    given_teacher: nn.Module | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
@@ -57,15 +58,22 @@ class ModeRun:
             show_progress=self.show_progress)
         return trained
 
-    def teacher_stage(self, name: str, spec: Any, train: TrainingConfig | None, weights: str | None = None,
-                      data: RunData | None = None, seed_offset: int = 0) -> nn.Module:
-        """A teacher built from its spec, trained here on hard labels when ``train`` is given, then frozen."""
-        seed = self.config.seed + TEACHER_SEED_OFFSET + seed_offset
-        teacher = self.build(spec, seed, weights)
+    def teacher(self, mode: str) -> tuple[nn.Module, Any]:
+        """The teacher module passed from Python, or the one the recipe's teacher section builds (untrained)."""
+        if self.given_teacher is not None:
+            return self.given_teacher, None
+        if self.config.teacher.model is None:
+            raise DistillError(f"mode {mode!r}: teacher.model is not set and no teacher module was passed")
+        spec = self.config.teacher.model
+        return self.build(spec, self.config.seed + TEACHER_SEED_OFFSET, self.config.teacher.weights), spec
+
+    def teacher_stage(self, name: str, teacher: nn.Module, spec: Any, train: TrainingConfig | None,
+                      data: RunData | None = None) -> nn.Module:
+        """Train ``teacher`` here on hard labels when ``train`` is given, then freeze it."""
         self.check({name: teacher})
         if train is not None:
-            teacher = self.stage(name, teacher, spec, objective=Objective.hard_labels(), seed=seed, training=train,
-                                 data=data)
+            teacher = self.stage(name, teacher, spec, objective=Objective.hard_labels(),
+                                 seed=self.config.seed + TEACHER_SEED_OFFSET, training=train, data=data)
         return freeze(teacher)
 
     def baseline(self, student: nn.Module, data: RunData | None = None) -> nn.Module | None:

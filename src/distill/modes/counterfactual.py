@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from distill.config import CounterfactualMode, ObjectiveConfig, TermConfig
 from distill.errors import DistillError
-from distill.modes.common import ModeRun, freeze, require_classifier
+from distill.modes.common import ModeRun, require_classifier
 from distill.objective import Objective
 from distill.run import RunResult
 from distill.trainer import probe_batch
@@ -103,9 +103,7 @@ def objective_with_interchange(config: ObjectiveConfig, mode: CounterfactualMode
 def run(job: ModeRun, student, mode: CounterfactualMode) -> RunResult:
     config = job.config
     require_classifier(job.data, "counterfactual")
-    if config.teacher.model is None:
-        raise DistillError("counterfactual: teacher.model is not set")
-    teacher = job.build(config.teacher.model, config.seed + 1000, config.teacher.weights)
+    teacher, teacher_spec = job.teacher("counterfactual")
     probe = probe_batch(job.data.train)
     if "inputs" not in probe:
         raise DistillError("counterfactual: interventions are implemented for models called on one input tensor "
@@ -120,11 +118,8 @@ def run(job: ModeRun, student, mode: CounterfactualMode) -> RunResult:
                            f"{student_shape} vs teacher {mode.teacher!r} {teacher_shape}, and mode.adapter is false. "
                            "Choose locations of the same shape, set mode.adapter: true to learn a projection for the "
                            "aligned term, or mode.align_weight: 0 to intervene without comparing representations.")
-    job.check({"teacher": teacher, "student": student})
-    if config.teacher.train is not None:
-        teacher = job.stage("teacher", teacher, config.teacher.model, objective=Objective.hard_labels(),
-                            seed=config.seed + 1000, training=config.teacher.train)
-    teacher = freeze(teacher)
+    job.check({"student": student})
+    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train)
     baseline = job.baseline(student)
     objective = Objective(objective_with_interchange(config.objective, mode))
     attached = [Interchange(teacher, mode.teacher, "teacher"), Interchange(student, mode.student, "student")]

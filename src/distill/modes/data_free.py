@@ -99,11 +99,9 @@ def synthesise(teacher: nn.Module, *, input_shape: tuple[int, ...], num_classes:
 def run(job: ModeRun, student, mode: DataFreeMode) -> RunResult:
     config = job.config
     require_classifier(job.data, "data_free")
-    if config.teacher.model is None:
-        raise DistillError("data_free: teacher.model is not set")
-    probe_teacher = job.build(config.teacher.model, config.seed + 1000, config.teacher.weights)
-    require_batch_norm(probe_teacher)  # before training it, not after
-    teacher = job.teacher_stage("teacher", config.teacher.model, config.teacher.train, config.teacher.weights)
+    teacher, teacher_spec = job.teacher("data_free")
+    require_batch_norm(teacher)  # before training it, not after
+    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train)
     job.check({"teacher": teacher, "student": student})
     path = job.run_dir / SYNTHETIC_FILE
     if job.resume and path.is_file():

@@ -40,9 +40,8 @@ def run(job: ModeRun, student, mode: TransferSetMode) -> RunResult:
     masked[labelled] = labels[labelled]
     student_data = replace(job.data, train=ArrayDataset(inputs, masked))
     labelled_data = replace(job.data, train=ArrayDataset(inputs[labelled], labels[labelled]))
-    if config.teacher.model is None:
-        raise DistillError("transfer_set: teacher.model is not set")
-    teacher = job.teacher_stage("teacher", config.teacher.model, config.teacher.train, config.teacher.weights,
+    teacher, teacher_spec = job.teacher("transfer_set")
+    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train,
                                 data=labelled_data if mode.teacher_labels == "labelled" else None)
     job.check({"teacher": teacher, "student": student})
     baseline = None
