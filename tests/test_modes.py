@@ -310,6 +310,9 @@ def test_transfer_set_student_sees_only_a_fraction_of_the_labels(tmp_path, monke
     assert torch.equal(student_labels[kept], tiny_data().train.labels[kept])
     stages = result.metrics["stages"]
     assert stages["baseline"]["steps"] == stages["student"]["steps"] == 6
+    distill.train(recipe(mode={"kind": "transfer_set", "labelled_fraction": 0.25, "teacher_labels": "labelled"}),
+                  output=tmp_path / "scarce-teacher", data=tiny_data(), show_progress=False)
+    assert len(seen["teacher"]) == train_size // 4  # nobody has more labels, the teacher neither
 
 
 # ------------------------------------------------------------------------------------------ counterfactual
@@ -433,3 +436,42 @@ def test_a_teacher_module_from_python_is_used_as_is(tmp_path, recorded_stages):
     with pytest.raises(DistillError, match="a teacher module cannot be passed"):
         distill.train(recipe(teacher={}, mode={"kind": "mutual", "peers": [{"kind": "mlp"}, {"kind": "mlp"}]}),
                       output=tmp_path / "other", data=tiny_data(), teacher=teacher, show_progress=False)
+
+
+# ------------------------------------------------------------------------------------------ self-distillation
+def test_peer_kl_with_a_target_uses_only_that_peer():
+    logits = torch.randn(3, 4, 5, requires_grad=True)
+    p, q = F.softmax(logits[2].detach(), -1), F.softmax(logits[0], -1)
+    by_hand = (p * (p.log() - q.log())).sum(-1).mean()
+    value = peer_kl(logits, peer=0, target=-1)
+    assert value.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    value.backward()
+    assert logits.grad[0].abs().sum() > 0 and logits.grad[1:].abs().sum() == 0
+
+
+def test_self_distillation_exits_learn_from_the_final_output(tmp_path):
+    from distill.modes.self_distillation import ExitView, WithExits
+
+    torch.manual_seed(0)
+    model = MLP(FEATURES, [16, 8], CLASSES)
+    wrapped = WithExits(model, ["net.2", "net.4"], torch.randn(2, FEATURES), CLASSES)
+    inputs = torch.randn(5, FEATURES)
+    first_hidden = torch.relu(model.net[1](inputs))
+    assert torch.allclose(ExitView(wrapped, 0)(inputs), wrapped.heads[0](first_hidden), atol=1e-6)
+    assert torch.equal(wrapped(inputs), model(inputs))
+    wrapped.remove()
+
+    result = train(tmp_path, teacher={}, student={"model": {"kind": "mlp", "hidden": [16, 8]}}, baseline=True,
+                   objective={"temperature": 2, "terms": [{"name": "hard", "loss": "cross_entropy"},
+                                                          {"name": "soft", "loss": "soft_kl", "weight": 0.5}]},
+                   mode={"kind": "self_distillation", "exits": ["net.2", "net.4"]})
+    assert {"exit-0", "exit-1", "baseline", "student"} <= set(result.metrics)
+    lines = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    last = [line for line in lines if line["stage"] == "self-distillation"][-1]
+    parts = ["hard/final", "hard/exit0", "hard/exit1"]
+    assert last["loss"] == pytest.approx(sum(last[f"loss/{name}"] for name in parts)
+                                         + 0.5 * (last["loss/soft/exit0"] + last["loss/soft/exit1"]), rel=1e-4)
+    student = load_saved(result.run_dir / "student")  # the model alone, exits left out
+    assert set(student.state_dict()) == set(MLP(FEATURES, [16, 8], CLASSES).state_dict())
+    with pytest.raises(DistillError, match="no module 'net.9' for an exit"):
+        train(tmp_path, name="bad", teacher={}, mode={"kind": "self_distillation", "exits": ["net.9"]})

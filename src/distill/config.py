@@ -327,8 +327,23 @@ class DataFreeMode(_Strict):
     l2_weight: float = Field(1e-4, ge=0, description="weight of the input L2 prior")
 
 
+class SelfDistillationMode(_Strict):
+    """In-model self-distillation (Zhang et al. 2019, "Be your own teacher"): auxiliary exits (global average
+    pooling and a linear classifier) at the given module paths learn from the labels and from the model's own final
+    output, which the recipe's soft_kl terms make their teacher. The exits are training aids: the exported student
+    is the model alone. With ``baseline: true`` the model is also trained without exits."""
+    kind: Literal["self_distillation"] = "self_distillation"
+    exits: list[str] = Field(description="module paths of the student where auxiliary exits are attached, shallow first")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SelfDistillationMode":
+        if not self.exits:
+            raise ValueError("mode.exits needs at least one module path")
+        return self
+
+
 ModeSpec = Annotated[Union[MultiTeacherMode, MutualMode, BornAgainMode, AssistantChainMode, TransferSetMode,
-                           CounterfactualMode, DataFreeMode], Field(discriminator="kind")]
+                           CounterfactualMode, DataFreeMode, SelfDistillationMode], Field(discriminator="kind")]
 
 
 class Recipe(_Strict):
@@ -375,7 +390,7 @@ def _classes_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 _UNION_TAGS = ("mlp", "cnn", "hf", "saved", "multi_teacher", "mutual", "born_again", "assistant_chain",
-               "transfer_set", "counterfactual", "data_free")
+               "transfer_set", "counterfactual", "data_free", "self_distillation")
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -7,7 +7,8 @@ who teaches whom and trains every model with the ordinary trainer (``distill.tra
 - ``assistant_chain``: teacher -> assistants -> student, every stage smaller than the last;
 - ``transfer_set``: the student keeps only a fraction of the labels, the teacher labels the rest;
 - ``counterfactual``: interchange-intervention distillation at aligned locations (Wu et al. 2022);
-- ``data_free``: DeepInversion inputs synthesised from the teacher's batch-norm statistics.
+- ``data_free``: DeepInversion inputs synthesised from the teacher's batch-norm statistics;
+- ``self_distillation``: auxiliary exits inside the student learn from its own final output.
 
 A recipe picks one with a ``mode:`` section; ``distill.train(recipe)`` dispatches here.
 """
@@ -24,7 +25,8 @@ from distill.errors import DistillError
 from distill.modes.common import ModeRun
 from distill.run import RunData, RunResult
 
-MODES = ("multi_teacher", "mutual", "born_again", "assistant_chain", "transfer_set", "counterfactual", "data_free")
+MODES = ("multi_teacher", "mutual", "born_again", "assistant_chain", "transfer_set", "counterfactual", "data_free",
+         "self_distillation")
 
 
 def run_mode(config: Recipe, run_dir: Path, data: RunData, *, resume: bool = False, student: nn.Module | None = None,
@@ -32,7 +34,7 @@ def run_mode(config: Recipe, run_dir: Path, data: RunData, *, resume: bool = Fal
     """Run ``config`` (which has a ``mode``) in ``run_dir`` on ``data``; ``student``/``teacher`` modules replace
     what the recipe would build (regimes with several teachers or peers take them from the recipe only)."""
     assert config.mode is not None
-    if teacher is not None and config.mode.kind in ("multi_teacher", "mutual"):
+    if teacher is not None and config.mode.kind in ("multi_teacher", "mutual", "self_distillation"):
         raise DistillError(f"mode {config.mode.kind!r} builds its models from the recipe; a teacher module cannot be "
                            "passed (export it with distill.models.export_model and name it with kind: saved)")
     job = ModeRun(config, run_dir, data, resume, show_progress, given_teacher=teacher)
