@@ -59,8 +59,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=float, default=15)
+    parser.add_argument("--student-channels", default="8,16",
+                        help="channels of the CNN student of kd, multi-teacher, transfer, counterfactual, data-free "
+                             "and of mutual learning's small peer")
+    parser.add_argument("--skip", default="", help="comma-separated row groups to leave out: born, chain")
+    parser.add_argument("--name", default="regimes", help="results file benchmarks/results/NAME.json")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    channels = [int(width) for width in args.student_channels.split(",")]
+    student = {"model": {"kind": "cnn", "channels": channels, "kernel_size": 5}}
     root = Path(args.output or tempfile.mkdtemp(prefix="regimes-"))
     rows: dict[str, list[float]] = {}
     extra: dict[str, list[float]] = {}
@@ -73,7 +81,7 @@ def main() -> None:
         run = Runs(root, seed)
         epochs = args.epochs
         small = {"kind": "cnn", "channels": [8, 16], "kernel_size": 5}
-        kd = run("kd", recipe("mnist1d-kd", epochs, teacher={
+        kd = run("kd", recipe("mnist1d-kd", epochs, student=student, teacher={
             "model": {"kind": "cnn", "channels": [32, 64], "kernel_size": 5},
             "train": yaml.safe_load((RECIPES_DIR / "mnist1d-kd.yaml").read_text())["teacher"]["train"]}))
         teacher_dir = str(root / f"s{seed}-kd" / "teacher")
@@ -83,7 +91,7 @@ def main() -> None:
         add("kd", kd["student"]["accuracy"])
 
         # several teachers: the reference CNN (reused) and an MLP trained here
-        multi = recipe("mnist1d-multi-teacher", epochs, baseline=False)
+        multi = recipe("mnist1d-multi-teacher", epochs, baseline=False, student=student)
         multi["mode"]["teachers"][0] = {"name": "cnn", "model": saved_teacher["model"]}
         metrics = run("multi-confidence", multi)
         add("multi/mlp teacher", metrics["teacher-mlp"]["accuracy"])
@@ -93,47 +101,44 @@ def main() -> None:
         multi["mode"]["teachers"][1] = {"name": "mlp", "model": {"kind": "saved",
                                                                  "path": str(root / f"s{seed}-multi-confidence" / "teacher-mlp")}}
         add("multi/student, fixed", run("multi-fixed", multi)["student"]["accuracy"])
-        mlp_kd = recipe("mnist1d-kd", epochs, baseline=False, teacher={"model": multi["mode"]["teachers"][1]["model"]})
+        mlp_kd = recipe("mnist1d-kd", epochs, baseline=False, student=student, teacher={"model": multi["mode"]["teachers"][1]["model"]})
         add("multi/KD from the MLP alone", run("kd-mlp", mlp_kd)["student"]["accuracy"])
 
-        metrics = run("mutual", recipe("mnist1d-mutual", epochs))
-        for index, name in enumerate(("CNN 32-64", "CNN 8-16")):
+        mutual = recipe("mnist1d-mutual", epochs, student=student)
+        mutual["mode"]["peers"][1] = student["model"]
+        metrics = run("mutual", mutual)
+        for index, name in enumerate(("CNN 32-64", "student CNN")):
             add(f"mutual/{name} alone", metrics[f"alone-{index}"]["accuracy"])
             add(f"mutual/{name} mutual", metrics[f"peer-{index}"]["accuracy"])
         add("mutual/ensemble of peers", metrics["ensemble"]["accuracy"])
 
-        metrics = run("born-again", recipe("mnist1d-born-again", epochs))
-        for generation in range(4):
-            add(f"born/generation {generation}", metrics[f"generation-{generation}"]["accuracy"])
-        add("born/ensemble 1-3", metrics["ensemble"]["accuracy"])
+        if "born" not in skip:
+            metrics = run("born-again", recipe("mnist1d-born-again", epochs))
+            for generation in range(4):
+                add(f"born/generation {generation}", metrics[f"generation-{generation}"]["accuracy"])
+            add("born/ensemble 1-3", metrics["ensemble"]["accuracy"])
+        if "chain" not in skip:
+            chain(run, root, seed, epochs, small, add)
 
-        metrics = run("chain", recipe("mnist1d-assistant-chain", epochs))
-        add("chain/teacher 64-128-128", metrics["teacher"]["accuracy"])
-        add("chain/assistant 16-32", metrics["assistant-1"]["accuracy"])
-        add("chain/student 4-8 alone", metrics["baseline"]["accuracy"])
-        add("chain/student 4-8 via assistant", metrics["student"]["accuracy"])
-        direct = recipe("mnist1d-kd", epochs, baseline=False, student={"model": {**small, "channels": [4, 8]}},
-                        teacher={"model": {"kind": "saved", "path": str(root / f"s{seed}-chain" / "teacher")}})
-        add("chain/student 4-8 direct KD", run("chain-direct", direct)["student"]["accuracy"])
-
-        metrics = run("transfer-soft", recipe("mnist1d-transfer-set", epochs, teacher=saved_teacher))
+        metrics = run("transfer-soft", recipe("mnist1d-transfer-set", epochs, teacher=saved_teacher, student=student))
         add("transfer/5% labels alone", metrics["baseline"]["accuracy"])
         add("transfer/5% labels + soft targets", metrics["student"]["accuracy"])
-        hard = recipe("mnist1d-transfer-set", epochs, teacher=saved_teacher, baseline=False, objective={
+        hard = recipe("mnist1d-transfer-set", epochs, teacher=saved_teacher, student=student, baseline=False, objective={
             "terms": [{"name": "pseudo", "loss": "teacher_label_ce", "weight": 0.9},
                       {"name": "hard", "loss": "cross_entropy", "weight": 0.1}]})
         add("transfer/5% labels + hard pseudo-labels", run("transfer-hard", hard)["student"]["accuracy"])
 
-        metrics = run("counterfactual", recipe("mnist1d-counterfactual", epochs, teacher=saved_teacher, baseline=False))
+        metrics = run("counterfactual", recipe("mnist1d-counterfactual", epochs, teacher=saved_teacher, baseline=False,
+                                               student=student))
         add("counterfactual/student", metrics["student"]["accuracy"])
         extra.setdefault("interchange_agreement_counterfactual", []).append(metrics["interchange_agreement"])
         extra.setdefault("interchange_agreement_kd", []).append(kd_interchange_agreement(root / f"s{seed}-kd"))
 
-        metrics = run("data-free", recipe("mnist1d-data-free", epochs, teacher=saved_teacher))
+        metrics = run("data-free", recipe("mnist1d-data-free", epochs, teacher=saved_teacher, student=student))
         add("data-free/student (no real input)", metrics["student"]["accuracy"])
         print(f"seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    table = Table(title=f"MNIST-1D regimes, {args.seeds} seeds, {args.epochs:g} epochs per stage, test accuracy (1,000)")
+    table = Table(title=f"MNIST-1D regimes, student CNN {args.student_channels}, {args.seeds} seeds, {args.epochs:g} epochs per stage, test accuracy (1,000)")
     table.add_column("row")
     table.add_column("accuracy (mean ± std)", justify="right")
     for key, values in rows.items():
@@ -144,23 +149,37 @@ def main() -> None:
     results = {key: {"accuracy_mean": mean_std(values)[0], "accuracy_std": mean_std(values)[1], "accuracies": values}
                for key, values in rows.items()}
     mean = {key: value["accuracy_mean"] for key, value in results.items()}
-    path = write_results("regimes", {
-        "seeds": args.seeds, "epochs": args.epochs, "rows": results,
+    path = write_results(args.name, {
+        "seeds": args.seeds, "epochs": args.epochs, "student_channels": channels, "rows": results,
         "interchange_agreement": {key: {"mean": mean_std(values)[0], "std": mean_std(values)[1], "values": values}
                                   for key, values in extra.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
         # plain keys for the shapes the issue expects
         "multi_teacher_gain_over_best_single_kd": mean["multi/student, confidence"] - max(
             mean["kd"], mean["multi/KD from the MLP alone"]),
-        "mutual_gain_small_peer": mean["mutual/CNN 8-16 mutual"] - mean["mutual/CNN 8-16 alone"],
+        "mutual_gain_small_peer": mean["mutual/student CNN mutual"] - mean["mutual/student CNN alone"],
         "mutual_gain_large_peer": mean["mutual/CNN 32-64 mutual"] - mean["mutual/CNN 32-64 alone"],
-        "born_again_gain_over_teacher": mean["born/generation 1"] - mean["born/generation 0"],
-        "assistant_gain_over_direct": mean["chain/student 4-8 via assistant"] - mean["chain/student 4-8 direct KD"],
+        "born_again_gain_over_teacher": (mean["born/generation 1"] - mean["born/generation 0"]
+                                         if "born" not in skip else None),
+        "assistant_gain_over_direct": (mean["chain/student 4-8 via assistant"] - mean["chain/student 4-8 direct KD"]
+                                       if "chain" not in skip else None),
         "transfer_gap_recovered": (mean["transfer/5% labels + soft targets"] - mean["transfer/5% labels alone"])
         / max(mean["baseline"] - mean["transfer/5% labels alone"], 1e-9),
         "data_free_accuracy": mean["data-free/student (no real input)"],
     })
     print(f"wrote {path}")
+
+
+def chain(run: Runs, root: Path, seed: int, epochs: float, small: dict[str, Any], add: Any) -> None:
+    """Large teacher -> assistant -> tiny student, against the same teacher -> tiny student directly."""
+    metrics = run("chain", recipe("mnist1d-assistant-chain", epochs))
+    add("chain/teacher 64-128-128", metrics["teacher"]["accuracy"])
+    add("chain/assistant 16-32", metrics["assistant-1"]["accuracy"])
+    add("chain/student 4-8 alone", metrics["baseline"]["accuracy"])
+    add("chain/student 4-8 via assistant", metrics["student"]["accuracy"])
+    direct = recipe("mnist1d-kd", epochs, baseline=False, student={"model": {**small, "channels": [4, 8]}},
+                    teacher={"model": {"kind": "saved", "path": str(root / f"s{seed}-chain" / "teacher")}})
+    add("chain/student 4-8 direct KD", run("chain-direct", direct)["student"]["accuracy"])
 
 
 def kd_interchange_agreement(run_dir: Path) -> float:

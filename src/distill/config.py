@@ -314,14 +314,21 @@ class CounterfactualMode(_Strict):
 
 
 class DataFreeMode(_Strict):
-    """Data-free distillation with DeepInversion (Yin et al. 2020): inputs are optimised from noise so the teacher
-    is confident on a chosen class and its batch-norm statistics match the running ones; the student then learns
-    from the teacher on these inputs only. Needs a teacher with batch-norm layers."""
+    """Data-free distillation: the student never sees a real training input. ``deep_inversion`` (Yin et al. 2020):
+    inputs are optimised from noise so the teacher is confident on a chosen class and its batch-norm statistics
+    match the running ones, then the student learns from the teacher on them (needs batch norm in the teacher).
+    ``adversarial`` (Fang et al. 2019, DFAD): a generator makes inputs on which student and teacher disagree most
+    (L1 between logits), and the student learns to agree on them; works with any teacher."""
     kind: Literal["data_free"] = "data_free"
-    samples: int = Field(2048, gt=0, description="synthetic inputs to make")
-    batch_size: int = Field(256, gt=0, description="inputs optimised together (batch-norm statistics are per batch)")
-    steps: int = Field(200, gt=0, description="Adam steps per synthetic batch")
-    lr: float = Field(0.05, gt=0)
+    method: Literal["deep_inversion", "adversarial"] = "deep_inversion"
+    iterations: int = Field(1000, gt=0, description="adversarial: generator updates")
+    student_steps: int = Field(5, gt=0, description="adversarial: student updates per generator update")
+    latent_size: int = Field(64, gt=0, description="adversarial: size of the generator's noise input")
+    generator_lr: float = Field(1e-3, gt=0, description="adversarial: Adam learning rate of the generator")
+    samples: int = Field(2048, gt=0, description="deep_inversion: synthetic inputs to make")
+    batch_size: int = Field(256, gt=0, description="inputs optimised (or generated) together")
+    steps: int = Field(200, gt=0, description="deep_inversion: Adam steps per synthetic batch")
+    lr: float = Field(0.05, gt=0, description="deep_inversion: learning rate of the inputs")
     bn_weight: float = Field(1.0, ge=0, description="weight of the batch-norm statistics term")
     tv_weight: float = Field(1e-3, ge=0, description="weight of the total-variation smoothness prior")
     l2_weight: float = Field(1e-4, ge=0, description="weight of the input L2 prior")

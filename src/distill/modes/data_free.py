@@ -6,8 +6,8 @@ statistics it stored during training; total-variation and L2 priors keep them sm
 learns from the teacher on these inputs alone with the recipe's objective. The synthetic set is written to the
 run directory (safetensors, atomically), so a resumed run does not make it again.
 
-A teacher without batch-norm layers has nothing to match; the generator-based alternative (DAFL, ZSKT) is not
-implemented, so such a teacher is refused before anything runs."""
+A teacher without batch-norm layers has nothing to match and is refused before anything runs, pointing to
+``method: adversarial`` (``distill.modes.adversarial``), which needs no statistics."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def require_batch_norm(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm
         raise DistillError("data_free: the teacher has no batch-norm layers with running statistics, and "
                            "DeepInversion synthesises inputs by matching those statistics; without them only the "
                            "teacher's confidence constrains the inputs, which gives adversarial noise rather than "
-                           "data. The generator-based method (DAFL/ZSKT) is not implemented. Use a teacher with batch "
-                           "norm (e.g. {kind: cnn, batch_norm: true}), or distil on an unlabeled transfer set "
-                           "(mode: {kind: transfer_set}).")
+                           "data. Use mode.method: adversarial (a generator trained against the student, no "
+                           "statistics needed), a teacher with batch norm (e.g. {kind: cnn, batch_norm: true}), or an "
+                           "unlabeled transfer set (mode: {kind: transfer_set}).")
     return layers
 
 
@@ -100,9 +100,12 @@ def run(job: ModeRun, student, mode: DataFreeMode) -> RunResult:
     config = job.config
     require_classifier(job.data, "data_free")
     teacher, teacher_spec = job.teacher("data_free")
-    require_batch_norm(teacher)  # before training it, not after
+    if mode.method == "deep_inversion":
+        require_batch_norm(teacher)  # before training it, not after
     teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train)
     job.check({"teacher": teacher, "student": student})
+    if mode.method == "adversarial":
+        return run_adversarial(job, student, teacher, mode)
     path = job.run_dir / SYNTHETIC_FILE
     if job.resume and path.is_file():
         stored = load_file(str(path))
@@ -120,3 +123,23 @@ def run(job: ModeRun, student, mode: DataFreeMode) -> RunResult:
     counts = torch.bincount(labels, minlength=job.data.num_classes).tolist()
     return job.finish({"teacher": teacher, "student": trained},
                       extra={"synthetic": {"samples": int(len(labels)), "teacher_classes": counts}})
+
+
+def run_adversarial(job: ModeRun, student, teacher, mode: DataFreeMode) -> RunResult:
+    from distill.models import export_model, load_saved
+    from distill.modes.adversarial import train_adversarial
+    from distill.trainer import mark_stage_done, stage_done
+
+    config = job.config
+    done = stage_done(job.run_dir, "student")
+    if done is not None and job.resume:
+        trained, job.stages["student"] = load_saved(job.run_dir / "student").eval(), done
+    else:
+        job.stages["student"] = train_adversarial(
+            student, teacher, input_shape=tuple(job.data.input_shape), mode=mode, training=config.training,  # type: ignore[arg-type]
+            run_dir=job.run_dir, seed=config.seed, resume=job.resume, show_progress=job.show_progress)
+        export_model(student, config.student.model, job.run_dir / "student", input_shape=job.data.input_shape,
+                     num_classes=job.data.num_classes)
+        mark_stage_done(job.run_dir, "student", job.stages["student"])
+        trained = student
+    return job.finish({"teacher": teacher, "student": trained}, extra={"method": "adversarial"})
