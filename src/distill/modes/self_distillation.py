@@ -79,9 +79,6 @@ class ExitView(nn.Module):
         self.wrapped, self.index = wrapped, index
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return self._exit(inputs)
-
-    def _exit(self, inputs: Tensor) -> Tensor:
         captured: list[Tensor] = []
         handle = self.wrapped.stacked.register_forward_hook(lambda module, args, output: captured.append(output))
         try:
