@@ -46,7 +46,8 @@ def main() -> None:
         "training": {**schedule, "epochs": args.student_epochs},
         "evaluation": {"latency_runs": 5},
     }
-    accuracy: dict[str, list[float]] = {"teacher": [], "data-free student": [], "KD student, 4,096 real images": []}
+    real_row = f"KD student, {args.samples:,} real images"
+    accuracy: dict[str, list[float]] = {"teacher": [], "data-free student": [], real_row: []}
     started = time.perf_counter()
     for seed in range(args.seeds):
         free = distill.train({**base, "name": "data-free-mnist", "seed": seed, "mode": {
@@ -59,7 +60,7 @@ def main() -> None:
                               "data": {"dataset": "mnist", "train_subset": args.samples},
                               "teacher": {"model": {"kind": "saved", "path": str(root / f"s{seed}-data-free" / "teacher")}}},
                              output=root / f"s{seed}-kd-real", resume=True, show_progress=False).metrics
-        accuracy["KD student, 4,096 real images"].append(real["student"]["accuracy"])
+        accuracy[real_row].append(real["student"]["accuracy"])
         print(f"seed {seed}: teacher {free['teacher']['accuracy']:.4f} data-free {free['student']['accuracy']:.4f} "
               f"real {real['student']['accuracy']:.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
     table = Table(title=f"MNIST data-free distillation, {args.seeds} seeds, test accuracy (10,000)")

@@ -104,6 +104,20 @@ def main() -> None:
         mlp_kd = recipe("mnist1d-kd", epochs, baseline=False, student=student, teacher={"model": multi["mode"]["teachers"][1]["model"]})
         add("multi/KD from the MLP alone", run("kd-mlp", mlp_kd)["student"]["accuracy"])
 
+        # two strong, different CNN teachers: the reference one and a wider one with shorter kernels
+        twin = recipe("mnist1d-multi-teacher", epochs, baseline=False, student=student)
+        twin["mode"]["teachers"] = [{"name": "cnn", "model": saved_teacher["model"]},
+                                    {"name": "cnn_k3", "model": {"kind": "cnn", "channels": [48, 96], "kernel_size": 3},
+                                     "train": twin["mode"]["teachers"][0]["train"]}]
+        metrics = run("multi-cnn-pair", twin)
+        add("multi2/second CNN teacher (48-96, k3)", metrics["teacher-cnn_k3"]["accuracy"])
+        add("multi2/teachers combined", metrics["teacher"]["accuracy"])
+        add("multi2/student, confidence", metrics["student"]["accuracy"])
+        second = {"model": {"kind": "saved", "path": str(root / f"s{seed}-multi-cnn-pair" / "teacher-cnn_k3")}}
+        add("multi2/KD from the second CNN alone",
+            run("kd-cnn-k3", recipe("mnist1d-kd", epochs, baseline=False, student=student, teacher=second))[
+                "student"]["accuracy"])
+
         mutual = recipe("mnist1d-mutual", epochs, student=student)
         mutual["mode"]["peers"][1] = student["model"]
         metrics = run("mutual", mutual)
@@ -157,6 +171,8 @@ def main() -> None:
         # plain keys for the shapes the issue expects
         "multi_teacher_gain_over_best_single_kd": mean["multi/student, confidence"] - max(
             mean["kd"], mean["multi/KD from the MLP alone"]),
+        "multi_teacher_cnn_pair_gain_over_best_single_kd": mean["multi2/student, confidence"] - max(
+            mean["kd"], mean["multi2/KD from the second CNN alone"]),
         "mutual_gain_small_peer": mean["mutual/student CNN mutual"] - mean["mutual/student CNN alone"],
         "mutual_gain_large_peer": mean["mutual/CNN 32-64 mutual"] - mean["mutual/CNN 32-64 alone"],
         "born_again_gain_over_teacher": (mean["born/generation 1"] - mean["born/generation 0"]

@@ -502,3 +502,15 @@ def test_adversarial_data_free_works_without_batch_norm_and_resumes(tmp_path):
     again = distill.train(recipe(**sections), output=interrupted, data=tiny_data(), resume=True, show_progress=False)
     assert again.metrics["stages"]["student"]["resumed_from_step"] == 20
     assert torch.equal(again.student(test_inputs), first.student(test_inputs))
+
+
+def test_every_regime_has_a_builtin_recipe_that_validates():
+    from distill.config import builtin_recipe_names
+    from distill.modes import MODES
+
+    kinds = {}
+    for name in builtin_recipe_names():
+        config = load_recipe(name)
+        if config.mode is not None:
+            kinds[config.mode.kind] = name
+    assert set(kinds) == set(MODES)
