@@ -127,7 +127,7 @@ def main() -> None:
         add("mutual/ensemble of peers", metrics["ensemble"]["accuracy"])
 
         if "born" not in skip:
-            metrics = run("born-again", recipe("mnist1d-born-again", epochs))
+            metrics = run("born-again-t1", recipe("mnist1d-born-again", epochs))
             for generation in range(4):
                 add(f"born/generation {generation}", metrics[f"generation-{generation}"]["accuracy"])
             add("born/ensemble 1-3", metrics["ensemble"]["accuracy"])

@@ -46,7 +46,7 @@ def peer_objective(objective: ObjectiveConfig, peers: int) -> ObjectiveConfig:
                 terms.append(TermConfig(name=name, loss="peer_kl", weight=term.weight, student="stacked",
                                         temperature=term.temperature or objective.temperature,
                                         options={"peer": index}))
-            elif term.teacher == "logits" and term.loss in ("cross_entropy",):
+            elif term.loss == "cross_entropy":
                 terms.append(term.model_copy(update={"name": name, "student": f"peers.{index}"}))
             else:
                 raise DistillError(f"mutual learning: objective term {term.display_name!r} ({term.loss}) is not "
