@@ -29,6 +29,7 @@ from common import fmt, mean_std, write_results  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1")
     parser.add_argument("--teacher-epochs", type=float, default=2)
     parser.add_argument("--student-epochs", type=float, default=20)
     parser.add_argument("--samples", type=int, default=4096)
@@ -50,7 +51,7 @@ def main() -> None:
     real_row = f"KD student, {args.samples:,} real images"
     accuracy: dict[str, list[float]] = {"teacher": [], "data-free student": [], real_row: []}
     started = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         free = distill.train({**base, "name": "data-free-mnist", "seed": seed, "mode": {
             "kind": "data_free", "samples": args.samples, "batch_size": 256, "steps": args.steps, "lr": 0.05}},
             output=root / f"s{seed}-data-free", resume=True, show_progress=False).metrics

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--student-channels", default="8,16",
                         help="channels of the CNN student of kd, multi-teacher, transfer, counterfactual, data-free "
                              "and of mutual learning's small peer")
-    parser.add_argument("--skip", default="", help="comma-separated row groups to leave out: born, chain")
+    parser.add_argument("--skip", default="", help="comma-separated row groups to leave out: born, chain, self")
     parser.add_argument("--name", default="regimes", help="results file benchmarks/results/NAME.json")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -150,6 +150,13 @@ def main() -> None:
 
         metrics = run("data-free", recipe("mnist1d-data-free", epochs, teacher=saved_teacher, student=student))
         add("data-free/student (no real input)", metrics["student"]["accuracy"])
+
+        if "self" not in skip:
+            metrics = run("self-distillation", recipe("mnist1d-self-distillation", epochs))
+            add("self/CNN 16-32-32 alone", metrics["baseline"]["accuracy"])
+            add("self/CNN 16-32-32 with exits", metrics["student"]["accuracy"])
+            for index in range(2):
+                add(f"self/exit {index}", metrics[f"exit-{index}"]["accuracy"])
         print(f"seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
 
     table = Table(title=f"MNIST-1D regimes, student CNN {args.student_channels}, {args.seeds} seeds, {args.epochs:g} epochs per stage, test accuracy (1,000)")
@@ -182,6 +189,8 @@ def main() -> None:
         "transfer_gap_recovered": (mean["transfer/5% labels + soft targets"] - mean["transfer/5% labels alone"])
         / max(mean["baseline"] - mean["transfer/5% labels alone"], 1e-9),
         "data_free_accuracy": mean["data-free/student (no real input)"],
+        "self_distillation_gain": (mean["self/CNN 16-32-32 with exits"] - mean["self/CNN 16-32-32 alone"]
+                                   if "self" not in skip else None),
     })
     print(f"wrote {path}")
 
