@@ -7,7 +7,8 @@ who teaches whom and trains every model with the ordinary trainer (``distill.tra
 - ``assistant_chain``: teacher -> assistants -> student, every stage smaller than the last;
 - ``transfer_set``: the student keeps only a fraction of the labels, the teacher labels the rest;
 - ``counterfactual``: interchange-intervention distillation at aligned locations (Wu et al. 2022);
-- ``data_free``: DeepInversion inputs synthesised from the teacher's batch-norm statistics;
+- ``data_free``: DeepInversion inputs synthesised from the teacher's batch-norm statistics, or a generator trained
+  against the student (``adversarial``, any teacher);
 - ``self_distillation``: auxiliary exits inside the student learn from its own final output.
 
 A recipe picks one with a ``mode:`` section; ``distill.train(recipe)`` dispatches here.
