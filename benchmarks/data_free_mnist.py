@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=float, default=20)
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--name", default="data_free_mnist", help="results file benchmarks/results/NAME.json")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     root = Path(args.output or tempfile.mkdtemp(prefix="data-free-mnist-"))
@@ -71,7 +72,7 @@ def main() -> None:
     for name, values in accuracy.items():
         table.add_row(name, fmt(values, 2, percent=True))
     Console().print(table)
-    path = write_results("data_free_mnist", {
+    path = write_results(args.name, {
         "seeds": args.seeds, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
         "samples": args.samples, "steps": args.steps, "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": {name: {"accuracy_mean": mean_std(values)[0], "accuracy_std": mean_std(values)[1],
