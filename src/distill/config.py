@@ -284,13 +284,149 @@ class OutputConfig(_Strict):
     dir: str | None = Field(None, description="run directory (default: runs/<recipe name>)")
 
 
+# --------------------------------------------------------------------------------------------------- modes
+class NamedTeacher(_Strict):
+    """One teacher of a multi-teacher run. Its outputs are also the signal named by ``name`` (its logits) and
+    ``name.<module path>`` (its features), so objective terms can address each teacher on its own."""
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="identifier, used in signal names and stages")
+    model: ModelSpec
+    weights: str | None = Field(None, description="safetensors file to load into model")
+    train: TrainingConfig | None = Field(None, description="train this teacher here on hard labels first")
+
+
+class MultiTeacherMode(_Strict):
+    """Several teachers into one student. The ``logits`` teacher signal is their combination; each teacher's own
+    outputs are the signals ``<name>`` and ``<name>.<module path>``."""
+    kind: Literal["multi_teacher"] = "multi_teacher"
+    teachers: list[NamedTeacher] = Field(description="two or more teachers (architectures may differ)")
+    combine: Literal["fixed", "confidence"] = Field(
+        "fixed", description="fixed: weighted mean of softened probabilities; confidence: per-sample weights, "
+                             "softmax of minus each teacher's entropy (a surer teacher weighs more)")
+    weights: list[Annotated[float, Field(ge=0)]] | None = Field(None, description="fixed weights (default equal)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MultiTeacherMode":
+        if len(self.teachers) < 2:
+            raise ValueError(f"mode.teachers needs at least two teachers, got {len(self.teachers)} (one teacher is a "
+                             "plain run: use the teacher section without a mode)")
+        names = [teacher.name for teacher in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"mode.teachers need distinct names, got {names}")
+        if self.weights is not None:
+            if self.combine != "fixed":
+                raise ValueError("mode.weights only applies to combine: fixed")
+            if len(self.weights) != len(self.teachers) or sum(self.weights) <= 0:
+                raise ValueError(f"mode.weights needs one non-negative weight per teacher ({len(self.teachers)}), "
+                                 f"not all zero; got {self.weights}")
+        return self
+
+
+class MutualMode(_Strict):
+    """Deep mutual learning (Zhang et al. 2018): peers trained together, each against the others' current
+    (detached) outputs. The recipe's objective is each peer's: its teacher terms compare with the other peers.
+    With ``baseline: true`` each peer is also trained alone on hard labels, for comparison."""
+    kind: Literal["mutual"] = "mutual"
+    peers: list[ModelSpec] = Field(description="two or more peer architectures, trained jointly")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MutualMode":
+        if len(self.peers) < 2:
+            raise ValueError(f"mutual learning needs at least two peers in mode.peers, got {len(self.peers)}")
+        return self
+
+
+class BornAgainMode(_Strict):
+    """Born-again networks (Furlanello et al. 2018): generation g+1, the student's architecture, learns from
+    generation g; generation 0 is the teacher (by default the student's architecture on hard labels)."""
+    kind: Literal["born_again"] = "born_again"
+    generations: int = Field(2, ge=1, description="distilled generations after generation 0")
+    ensemble: bool = Field(True, description="also evaluate the mean of the generations' probabilities")
+
+
+class AssistantChainMode(_Strict):
+    """Teacher-assistant distillation (Mirzadeh et al. 2020): teacher -> assistants -> student, each stage a normal
+    distillation run whose result teaches the next. Every stage must be smaller than the one before."""
+    kind: Literal["assistant_chain"] = "assistant_chain"
+    assistants: list[ModelSpec] = Field(description="intermediate models, largest first")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AssistantChainMode":
+        if not self.assistants:
+            raise ValueError("mode.assistants needs at least one assistant model")
+        return self
+
+
+class TransferSetMode(_Strict):
+    """Label-scarce distillation: the student keeps the labels of only a fraction of the training set; the teacher
+    labels all of it (soft targets with soft_kl terms, hard ones with teacher_label_ce)."""
+    kind: Literal["transfer_set"] = "transfer_set"
+    labelled_fraction: float = Field(gt=0, le=1, description="share of training examples whose labels the student sees")
+    teacher_labels: Literal["all", "labelled"] = Field(
+        "all", description="what a teacher trained here learns from: every label (a teacher trained elsewhere), or "
+                           "only the labelled subset (nobody has more labels)")
+
+
+class CounterfactualMode(_Strict):
+    """Interchange-intervention (causal) distillation (Wu et al. 2022): at an aligned pair of locations, the
+    representation of a second input (the batch rolled by one) replaces the first's in both models; the student
+    matches the teacher's output under that intervention (term ``interchange``), and its representation at the
+    location matches the teacher's (term ``aligned``, cosine, as the paper's L_cos)."""
+    kind: Literal["counterfactual"] = "counterfactual"
+    student: str = Field(description="student module path of the intervention")
+    teacher: str = Field(description="teacher module path aligned with it")
+    weight: float = Field(1.0, gt=0, description="weight of the interchange term (soft_kl at objective.temperature)")
+    align_weight: float = Field(1.0, ge=0, description="weight of the aligned-representation cosine term (0: off)")
+    adapter: bool = Field(False, description="allow aligned locations of different shapes (a learned projection "
+                                             "maps the student's representation for the aligned term)")
+
+
+class DataFreeMode(_Strict):
+    """Data-free distillation: the student never sees a real training input. ``deep_inversion`` (Yin et al. 2020):
+    inputs are optimised from noise so the teacher is confident on a chosen class and its batch-norm statistics
+    match the running ones, then the student learns from the teacher on them (needs batch norm in the teacher).
+    ``adversarial`` (Fang et al. 2019, DFAD): a generator makes inputs on which student and teacher disagree most
+    (L1 between logits), and the student learns to agree on them; works with any teacher."""
+    kind: Literal["data_free"] = "data_free"
+    method: Literal["deep_inversion", "adversarial"] = "deep_inversion"
+    iterations: int = Field(1000, gt=0, description="adversarial: generator updates")
+    student_steps: int = Field(5, gt=0, description="adversarial: student updates per generator update")
+    latent_size: int = Field(64, gt=0, description="adversarial: size of the generator's noise input")
+    generator_lr: float = Field(1e-3, gt=0, description="adversarial: Adam learning rate of the generator")
+    samples: int = Field(2048, gt=0, description="deep_inversion: synthetic inputs to make")
+    batch_size: int = Field(256, gt=0, description="inputs optimised (or generated) together")
+    steps: int = Field(200, gt=0, description="deep_inversion: Adam steps per synthetic batch")
+    lr: float = Field(0.05, gt=0, description="deep_inversion: learning rate of the inputs")
+    bn_weight: float = Field(1.0, ge=0, description="weight of the batch-norm statistics term")
+    tv_weight: float = Field(1e-3, ge=0, description="weight of the total-variation smoothness prior")
+    l2_weight: float = Field(1e-4, ge=0, description="weight of the input L2 prior")
+
+
+class SelfDistillationMode(_Strict):
+    """In-model self-distillation (Zhang et al. 2019, "Be your own teacher"): auxiliary exits (global average
+    pooling and a linear classifier) at the given module paths learn from the labels and from the model's own final
+    output, which the recipe's soft_kl terms make their teacher. The exits are training aids: the exported student
+    is the model alone. With ``baseline: true`` the model is also trained without exits."""
+    kind: Literal["self_distillation"] = "self_distillation"
+    exits: list[str] = Field(description="module paths of the student where auxiliary exits are attached, shallow first")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SelfDistillationMode":
+        if not self.exits:
+            raise ValueError("mode.exits needs at least one module path")
+        return self
+
+
+ModeSpec = Annotated[Union[MultiTeacherMode, MutualMode, BornAgainMode, AssistantChainMode, TransferSetMode,
+                           CounterfactualMode, DataFreeMode, SelfDistillationMode], Field(discriminator="kind")]
+
+
 class Recipe(_Strict):
     """A whole distillation run."""
     name: str = "run"
     description: str = ""
     seed: int = 0
     data: DataConfig
-    teacher: TeacherConfig
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig
     baseline: bool = Field(False, description="also train the student architecture on hard labels alone, for comparison")
     objective: ObjectiveConfig
@@ -298,6 +434,7 @@ class Recipe(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     compress: CompressConfig | None = Field(None, description="quantize and/or prune the distilled student")
     output: OutputConfig = Field(default_factory=OutputConfig)
+    mode: ModeSpec | None = Field(None, description="a training regime beyond one frozen teacher (distill.modes)")
 
     @model_validator(mode="after")
     def _cache_without_augmentation(self) -> "Recipe":
@@ -337,12 +474,16 @@ def _classes_in(annotation: Any) -> list[type[BaseModel]]:
     return [found for argument in get_args(annotation) for found in _classes_in(argument)]
 
 
+_UNION_TAGS = ("mlp", "cnn", "hf", "saved", "hf-config", "multi_teacher", "mutual", "born_again", "assistant_chain",
+               "transfer_set", "counterfactual", "data_free", "self_distillation")
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     valid_keys = _all_field_names(Recipe)
     problems = []
     for item in error.errors():
         # drop the union tags pydantic puts in the location (teacher.model.mlp.hidden -> teacher.model.hidden)
-        location = ".".join(str(part) for part in item["loc"] if str(part) not in ("mlp", "cnn", "hf", "saved", "hf-config"))
+        location = ".".join(str(part) for part in item["loc"] if str(part) not in _UNION_TAGS)
         if item["type"] == "extra_forbidden":
             key = str(item["loc"][-1])
             close = difflib.get_close_matches(key, valid_keys, n=1)

@@ -254,6 +254,12 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     would build, for models and datasets that live in Python."""
     started = time.perf_counter()
     config = load_recipe(recipe, overrides)
+    if config.mode is not None:  # a regime beyond one frozen teacher: distill.modes says who teaches whom
+        from distill.modes import run_mode
+
+        run_dir = _check_run_dir(config, output, resume)
+        return run_mode(config, run_dir, data or load_data(config), resume=resume, student=student,
+                        teacher=teacher, show_progress=show_progress)
     if teacher is None and config.teacher.model is None and config.teacher.cache is None and config.needs_teacher():
         raise DistillError("teacher.model is not set and no teacher module was passed")
     if student is None and config.student.model is None and config.student.from_teacher is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from distill.errors import DistillError
-from distill.losses import features, lm, logits, relations
+from distill.losses import features, lm, logits, peers, relations
 
 ROLES = ("student", "teacher", "labels")
 
@@ -36,7 +36,7 @@ LOSSES: dict[str, LossInfo] = {}
 
 # Losses whose ``temperature`` softens the teacher's distribution, and so follows ``objective.temperature``
 # unless the term sets its own. Others (CRD's contrastive temperature) keep their own default.
-SOFTENING_TEMPERATURE = {"soft_kl", "soft_cross_entropy", "multilabel_kd", "dkd", "token_kd"}
+SOFTENING_TEMPERATURE = {"soft_kl", "soft_cross_entropy", "multilabel_kd", "dkd", "token_kd", "peer_kl"}
 
 
 def _role(parameter_name: str) -> str:
@@ -88,5 +88,6 @@ for _name, _fn in {
     "attention_map": relations.attention_map_loss,
     "token_kd": lm.token_kd,
     "token_ce": lm.token_ce,
+    "peer_kl": peers.peer_kl,
 }.items():
     register_loss(_name, _fn)

@@ -20,9 +20,11 @@ def _check_same_classes(student_logits: Tensor, teacher_logits: Tensor) -> None:
 
 def cross_entropy(student_logits: Tensor, labels: Tensor, *, ignore_index: int = -100,
                   label_smoothing: float = 0.0) -> Tensor:
-    """Hard-label cross-entropy, mean over labelled samples (objective 0: train on gold data)."""
-    return F.cross_entropy(student_logits.float(), labels, ignore_index=ignore_index,
-                           label_smoothing=label_smoothing)
+    """Hard-label cross-entropy, mean over labelled samples (objective 0: train on gold data). Samples labelled
+    ``ignore_index`` do not count; a batch with none labelled gives 0, not NaN (label-scarce transfer sets)."""
+    summed = F.cross_entropy(student_logits.float(), labels, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, reduction="sum")
+    return summed / (labels != ignore_index).sum().clamp_min(1)
 
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
