@@ -611,9 +611,9 @@ def test_scaled_loss_and_second_backward_give_the_right_gradients():
 def test_automatic_chunk_size_follows_the_vocabulary():
     from distill.losses.tokens import auto_chunk_size
 
-    # 2**24 logits per chunk, rounded down to a power of two, kept within [16, 1024]
-    assert auto_chunk_size(49_152) == 256
-    assert auto_chunk_size(262_144) == 64
+    # 2**23 logits per chunk, rounded down to a power of two, kept within [16, 1024]
+    assert auto_chunk_size(49_152) == 128
+    assert auto_chunk_size(262_144) == 32
     assert auto_chunk_size(1_000) == 1024
     assert auto_chunk_size(10_000_000) == 16
 

@@ -333,11 +333,11 @@ def _check_head(name: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor
         raise ValueError(f"{name}_bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}")
 
 
-# Tokens per chunk when the caller gives none: as many as keep one chunk's fp32 logits near 64 MiB (2**24
-# values), a power of two between 16 and 1024. Measured (docs/benchmarks.md): 256 at V = 49,152 and 64 at
-# V = 262,144 keep the loss's peak at 4-11% of the dense reference's, while a fixed 1024 saves nothing once
-# N <= 1024 at a large vocabulary.
-AUTO_CHUNK_VALUES = 2**24
+# Tokens per chunk when the caller gives none: as many as keep one chunk's fp32 logits near 32 MiB (2**23
+# values), a power of two between 16 and 1024: 128 at V = 49,152, 32 at V = 262,144. Measured
+# (docs/benchmarks.md): chunks of 64-256 keep the peak at 4-7% of the dense reference's at V = 49,152, and 32
+# keeps it at 9% at V = 262,144 (64: 11%) at no loss of speed, while a fixed 1024 saves nothing there.
+AUTO_CHUNK_VALUES = 2**23
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -502,7 +502,7 @@ def chunked_token_kd(
         skew: mixing weight for ``skew_kl`` / ``skew_reverse_kl``.
         ignore_index: label value marking unsupervised tokens.
         chunk_size: number of tokens per chunk; larger is faster, smaller uses less memory. None: chosen
-            from V by :func:`auto_chunk_size` (a chunk's logits near 2**24 values).
+            from V by :func:`auto_chunk_size` (a chunk's logits near 2**23 values).
         normalizer: divisor of the summed divergence. ``None`` = the number of supervised tokens in this call (at
             least 1, so a call without supervised tokens returns 0). With gradient accumulation pass the
             supervised-token count of the whole accumulated batch, so that batch 8 x accumulation 1 gives the
