@@ -154,10 +154,14 @@ def _notes(runs: list[RunRecord]) -> list[str]:
             if reason != "exported" and not reason.startswith("loaded"):
                 notes.append(f"{run.label}: {name} {reason}")
     first = runs[0].metrics
-    notes.append(f"measured on {first.get('device', 'cpu')} with {first.get('threads')} threads; latency is the "
-                 f"median (and p95) of {first.get('latency_b1_runs', '?')} timed forward passes at batch 1 after "
-                 f"warm-up; throughput at batch {first.get('throughput_batch_size', '?')}; test set of "
-                 f"{first.get('test_size')} samples")
+    if first.get("task") == "language-modeling":
+        notes.append(f"language models: perplexity and next-token agreement on {first.get('test_tokens')} held-out "
+                     "tokens; tokens/s from the same evaluation pass")
+    else:
+        notes.append(f"measured on {first.get('device', 'cpu')} with {first.get('threads')} threads; latency is the "
+                     f"median (and p95) of {first.get('latency_b1_runs', '?')} timed forward passes at batch 1 after "
+                     f"warm-up; throughput at batch {first.get('throughput_batch_size', '?')}; test set of "
+                     f"{first.get('test_size')} samples")
     return notes
 
 
