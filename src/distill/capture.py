@@ -39,6 +39,19 @@ class FinalHidden(NamedTuple):
     bias: Tensor | None
 
 
+class TopKTeacher(NamedTuple):
+    """A causal LM teacher as a teacher cache stores it, per token: its ``k`` largest log-probabilities
+    ``[B, T, k]`` (temperature 1, in decreasing order), their token ids ``[B, T, k]`` and the log of the mass of
+    every other token ``[B, T]``. What ``final_hidden`` becomes when the teacher is read from a cache."""
+    logprobs: Tensor
+    ids: Tensor
+    log_tail: Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[-1])
+
+
 @dataclass(frozen=True)
 class SignalSpec:
     name: str

@@ -148,19 +148,22 @@ def cache() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
               help="teacher batch size while building")
 @click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda:0, ...")
+@click.option("--top-k", "top_k", type=int, default=None,
+              help="causal LM teachers: tokens kept per position (default: the recipe's token_kd top_k, else 32)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_friendly
 def cache_build(recipe: str, output: str, overrides: tuple[str, ...], dtype: str, samples_per_shard: int,
-                batch_size: int, device: str, quiet: bool) -> None:
+                batch_size: int, device: str, top_k: int | None, quiet: bool) -> None:
     """Run RECIPE's teacher once over its training (and validation) data and store the signals its objective
     reads. Killed or out of disk? Run the same command again: completed shards are kept."""
     from distill.cache import build_cache
 
     metadata = build_cache(recipe, output, overrides=list(overrides), dtype=dtype, samples_per_shard=samples_per_shard,
-                           batch_size=batch_size, device=device, show_progress=not quiet)
+                           batch_size=batch_size, device=device, top_k=top_k, show_progress=not quiet)
     samples = ", ".join(f"{info['samples']} {split}" for split, info in metadata["splits"].items())
+    top = f", top {metadata['k']} tokens per position" if metadata.get("k") else ""
     click.echo(f"teacher cache {output}: {samples} samples, signals {', '.join(metadata['signals'])} "
-               f"({metadata['value_dtype']})")
+               f"({metadata['value_dtype']}{top})")
 
 
 @cache.command("info")

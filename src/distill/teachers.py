@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from distill.capture import SignalCapture
+from distill.cache.format import FINAL_HIDDEN, LOG_TAIL, TOPK_IDS, TOPK_LOGPROBS, TOPK_SIGNALS
+from distill.capture import SignalCapture, TopKTeacher
 from distill.data.indexed import SAMPLE_ID
 from distill.errors import DistillError
 
@@ -48,7 +49,10 @@ class CachedTeacher:
             self.bind(names)
 
     def bind(self, names: set[str]) -> "CachedTeacher":
-        missing = sorted(set(names) - set(self.cache.signals))
+        stored = set(self.cache.signals)
+        if set(TOPK_SIGNALS) <= stored:
+            stored.add(FINAL_HIDDEN)  # read back as one TopKTeacher
+        missing = sorted(set(names) - stored)
         if missing:
             raise DistillError(f"the objective reads teacher signal(s) {missing}, and teacher cache "
                                f"{self.cache.directory} stores only {sorted(self.cache.signals)}; rebuild the cache "
@@ -62,16 +66,25 @@ class CachedTeacher:
                                "distill.data.indexed.IndexedDataset")
         sample_ids = batch[SAMPLE_ID]
         reader = self.cache.split(split)
-        fixed = [name for name in self.names if not self.cache.signals[name].ragged]
-        stored = reader.read(sample_ids, fixed)
-        for name in self.names:
-            if self.cache.signals[name].ragged:  # per-token signals come back padded like the batch
-                if "attention_mask" not in batch:
-                    raise DistillError(f"teacher signal {name!r} is cached per token, and the batch has no "
-                                       "attention_mask to lay the tokens out by")
-                stored[name] = reader.read_padded(sample_ids, name, batch["attention_mask"])
-        return {name: value.to(device=sample_ids.device, dtype=torch.float32, non_blocking=True)
-                for name, value in stored.items()}
+        names = [name for name in self.names if name != FINAL_HIDDEN]
+        per_token = [name for name in names if self.cache.signals[name].ragged]
+        if FINAL_HIDDEN in self.names:
+            per_token += list(TOPK_SIGNALS)
+        stored = reader.read(sample_ids, [name for name in names if name not in per_token])
+        if per_token and "attention_mask" not in batch:
+            raise DistillError(f"teacher signal {per_token[0]!r} is cached per token, and the batch has no "
+                               "attention_mask to lay the tokens out by")
+        for name in per_token:  # per-token signals come back padded like the batch
+            stored[name] = reader.read_padded(sample_ids, name, batch["attention_mask"])
+        device = sample_ids.device
+        signals: dict[str, Any] = {}
+        if FINAL_HIDDEN in self.names:
+            signals[FINAL_HIDDEN] = TopKTeacher(stored.pop(TOPK_LOGPROBS).to(device, torch.float32),
+                                                stored.pop(TOPK_IDS).to(device, torch.long),
+                                                stored.pop(LOG_TAIL).squeeze(-1).to(device, torch.float32))
+        signals.update({name: value.to(device=device, dtype=torch.float32, non_blocking=True)
+                        for name, value in stored.items()})
+        return signals
 
     def remove(self) -> None:
         pass

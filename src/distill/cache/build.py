@@ -24,8 +24,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from distill.cache.fingerprint import dataset_fingerprint, model_fingerprint, tokenizer_fingerprint
-from distill.cache.format import (FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, METADATA_FILE, PARTIAL, PROGRESS_FILE,
-                                  SAMPLE_IDS, VALUE_DTYPES, SignalInfo, dtype_name, narrowest_int_dtype, offsets_key, sha256_file,
+from distill.cache.format import (DEFAULT_TOP_K, FINAL_HIDDEN, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, LOG_TAIL,
+                                  METADATA_FILE, PARTIAL, PROGRESS_FILE, SAMPLE_IDS, TOPK_IDS, TOPK_LOGPROBS,
+                                  TOPK_SIGNALS, VALUE_DTYPES, SignalInfo, dtype_name, narrowest_int_dtype, offsets_key, sha256_file,
                                   shard_name, values_key)
 from distill.checkpoint import _fsync_dir, write_json_atomic
 from distill.data.tokens import collate_fn_of
@@ -45,6 +46,7 @@ class BuildSettings:
     value_dtype: str
     samples_per_shard: int
     batch_size: int
+    top_k: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -250,7 +252,7 @@ class CacheWriter:
                 "tokenizer_fingerprint": self.settings.tokenizer_fingerprint,
                 "dataset_fingerprints": self.settings.dataset_fingerprints,
                 "signals": {name: info.to_json() for name, info in infos.items()},
-                "value_dtype": self.settings.value_dtype, "k": None,
+                "value_dtype": self.settings.value_dtype, "k": self.settings.top_k,
                 "samples_per_shard": self.settings.samples_per_shard, "build_batch_size": self.settings.batch_size,
                 "splits": splits, "source": self.description,
                 "build": {"seconds": round(seconds, 3), "shards_kept_from_earlier_run": self.kept},
@@ -278,7 +280,9 @@ def _teacher_for(config: Any, data: Any) -> nn.Module:
     from distill.run import TEACHER_SEED_OFFSET
 
     torch.manual_seed(config.seed + TEACHER_SEED_OFFSET)  # as `distill train` builds it: same initial weights
-    model = build_model(teacher_config.model, input_shape=data.input_shape, num_classes=data.num_classes)
+    tokenizer = getattr(data, "tokenizer", None)
+    model = build_model(teacher_config.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                        vocab_size=len(tokenizer) if tokenizer is not None else None)
     if teacher_config.weights:
         load_weights(model, teacher_config.weights)
     return model.eval().requires_grad_(False)
@@ -289,11 +293,51 @@ def recipe_teacher_fingerprint(config: Any, data: Any) -> str:
     return model_fingerprint(_teacher_for(config, data))
 
 
+def _topk_size(objective: Any, top_k: int | None) -> int:
+    """k for a causal LM teacher: as asked, else the largest a token_kd term names, else DEFAULT_TOP_K."""
+    asked = [int(term.options["top_k"]) for term in objective.terms
+             if term.teacher_signal == FINAL_HIDDEN and term.options.get("top_k") is not None]
+    if top_k is None:
+        return max(asked, default=DEFAULT_TOP_K)
+    if top_k <= 0:
+        raise DistillError(f"--top-k {top_k}: must be a positive number of tokens per position")
+    if asked and max(asked) > top_k:
+        raise DistillError(f"--top-k {top_k}: the recipe's token_kd term asks for top_k={max(asked)}; build with "
+                           f"--top-k {max(asked)} or more")
+    return top_k
+
+
+def _vocab_size_of(objective: Any) -> int | None:
+    sizes = {term.options.get("vocab_size") for term in objective.terms if term.teacher_signal == FINAL_HIDDEN}
+    sizes.discard(None)
+    return int(min(sizes)) if sizes else None
+
+
+def topk_signal_function(capture: Any, teacher: nn.Module, k: int, vocab_size: int | None = None) -> SignalFunction:
+    """The teacher's signals with ``final_hidden`` replaced by its top k per token (see ``format.TOPK_SIGNALS``):
+    the full next-token distribution is never stored, nor formed for more than one chunk of tokens at a time."""
+    from distill.losses.lm import teacher_topk
+
+    def signals(batch: dict[str, Any]) -> dict[str, Tensor]:
+        values = dict(capture.forward(teacher, batch))
+        final = values.pop(FINAL_HIDDEN)
+        batch_size, tokens = final.hidden.shape[:2]
+        topk = teacher_topk(final, k, vocab_size=vocab_size)
+        vocabulary = vocab_size or final.weight.shape[0]
+        values[TOPK_LOGPROBS] = topk.logprobs.reshape(batch_size, tokens, k)
+        values[TOPK_IDS] = topk.ids.reshape(batch_size, tokens, k).to(narrowest_int_dtype(vocabulary - 1))
+        values[LOG_TAIL] = topk.log_tail.reshape(batch_size, tokens, 1)
+        return values
+
+    return signals
+
+
 def build_cache(recipe: Any, output: str | Path, *, overrides: list[str] | None = None, dtype: str = "float16",
-                samples_per_shard: int = 4096, batch_size: int = 512, device: str = "auto",
+                samples_per_shard: int = 4096, batch_size: int = 512, device: str = "auto", top_k: int | None = None,
                 show_progress: bool = True) -> dict[str, Any]:
     """Build the teacher cache of ``recipe`` (YAML path, built-in name, dict or Recipe) in ``output``; returns its
-    metadata. Run it again after a kill or a full disk to continue."""
+    metadata. Run it again after a kill or a full disk to continue. A causal LM teacher read through
+    ``final_hidden`` is stored as its ``top_k`` most likely tokens per position plus the tail mass."""
     from distill.capture import SignalCapture
     from distill.config import load_recipe
     from distill.objective import Objective
@@ -308,6 +352,10 @@ def build_cache(recipe: Any, output: str | Path, *, overrides: list[str] | None 
     names = sorted(objective.signals("teacher")) if objective.needs_teacher else []
     if not names:
         raise DistillError("the recipe's objective reads nothing from the teacher; there is nothing to cache")
+    lm_topk = _topk_size(objective, top_k) if FINAL_HIDDEN in names else None
+    if lm_topk is None and top_k is not None:
+        raise DistillError("--top-k applies to causal LM teachers read through final_hidden (token_kd terms); this "
+                           f"recipe's teacher signals are {', '.join(names)}")
     data = load_data(config)
     teacher = _teacher_for(config, data)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -316,17 +364,20 @@ def build_cache(recipe: Any, output: str | Path, *, overrides: list[str] | None 
     splits: dict[str, Dataset] = {"train": data.train}
     if data.val is not None and len(data.val) > 0:  # type: ignore[arg-type]
         splits["val"] = data.val  # validation's eval/loss compares with the teacher too
-    tokenizer = getattr(data.train, "tokenizer", None)
+    tokenizer = getattr(data, "tokenizer", None) or getattr(data.train, "tokenizer", None)
     settings = BuildSettings(
         teacher_fingerprint=model_fingerprint(teacher), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         dataset_fingerprints={split: dataset_fingerprint(dataset) for split, dataset in splits.items()},
         split_sizes={split: len(dataset) for split, dataset in splits.items()},  # type: ignore[arg-type]
-        signals=names, value_dtype=dtype, samples_per_shard=samples_per_shard, batch_size=batch_size)
+        signals=sorted((set(names) - {FINAL_HIDDEN}) | set(TOPK_SIGNALS)) if lm_topk else names,
+        value_dtype=dtype, samples_per_shard=samples_per_shard, batch_size=batch_size, top_k=lm_topk)
     capture = SignalCapture(teacher, names, role="teacher")
+    signal_function = (topk_signal_function(capture, teacher, lm_topk, _vocab_size_of(objective)) if lm_topk
+                       else lambda batch: capture.forward(teacher, batch))
     description = {"recipe": config.name, "teacher": config.teacher.model.model_dump(mode="json")
                    if config.teacher.model is not None else None, "data": data.summary}
     try:
-        writer = CacheWriter(output, signal_function=lambda batch: capture.forward(teacher, batch), splits=splits,
+        writer = CacheWriter(output, signal_function=signal_function, splits=splits,
                              settings=settings, device=target, description=description, show_progress=show_progress)
         return writer.run()
     finally:

@@ -41,6 +41,15 @@ SAMPLE_IDS = "sample_ids"
 VALUES_PREFIX = "values/"
 OFFSETS_PREFIX = "offsets/"
 
+# A causal LM teacher's ``final_hidden`` (hidden states + head: the full next-token distribution) is stored as its
+# top k per token: three per-token signals, read back together as one ``distill.capture.TopKTeacher``.
+FINAL_HIDDEN = "final_hidden"
+TOPK_LOGPROBS = "final_hidden.topk_logprobs"   # [tokens, k] float: log-probabilities at temperature 1, decreasing
+TOPK_IDS = "final_hidden.topk_ids"             # [tokens, k] narrowest unsigned int holding the vocabulary
+LOG_TAIL = "final_hidden.log_tail"             # [tokens, 1] float: log of the mass outside the top k
+TOPK_SIGNALS = (TOPK_LOGPROBS, TOPK_IDS, LOG_TAIL)
+DEFAULT_TOP_K = 32                             # float16 + uint16: 32 x 4 + 2 = 130 bytes per token
+
 VALUE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16,
                                         "float32": torch.float32}
 

@@ -85,7 +85,10 @@ class CacheSplit:
         rows = self.read_ragged(sample_ids, name)
         real = attention_mask.detach().to("cpu").bool()
         info = self.signals[name]
-        out = torch.zeros((*real.shape, *info.shape), dtype=getattr(torch, info.dtype))
+        dtype = getattr(torch, info.dtype)
+        if dtype in (torch.uint16, torch.uint32, torch.uint64):  # stored narrow; torch cannot index_put into these
+            dtype, rows = torch.int64, [values.to(torch.int64) for values in rows]
+        out = torch.zeros((*real.shape, *info.shape), dtype=dtype)
         for sample, values in enumerate(rows):
             if int(real[sample].sum()) != values.shape[0]:
                 raise DistillError(f"teacher cache {self.directory}: sample {int(sample_ids[sample])} has "

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from distill.cache.format import FINAL_HIDDEN
 from distill.cache.fingerprint import dataset_fingerprint, model_fingerprint, tokenizer_fingerprint
 from distill.cache.read import TeacherCache
 from distill.data.indexed import IndexedDataset
@@ -54,7 +55,7 @@ def cached_teacher_for_run(config: Any, data: Any, teacher: nn.Module | None = N
                                f"teacher weights have fingerprint {_short(actual)}, the cache's "
                                f"{_short(recorded)}. Rebuild the cache from this teacher, or drop teacher.model to "
                                "train from the cache as it is")
-    tokenizer = getattr(data.train, "tokenizer", None)
+    tokenizer = getattr(data, "tokenizer", None) or getattr(data.train, "tokenizer", None)
     recorded_tokenizer = cache.metadata.get("tokenizer_fingerprint")
     if tokenizer is not None or recorded_tokenizer is not None:
         actual_tokenizer = tokenizer_fingerprint(tokenizer)
@@ -73,6 +74,7 @@ def cached_teacher_for_run(config: Any, data: Any, teacher: nn.Module | None = N
     if objective.needs_teacher:
         source.bind(objective.signals("teacher"))
         check_padding(objective, cache)
+        check_topk_terms(objective, cache)
     wrapped = dataclasses.replace(data, train=IndexedDataset(data.train),
                                   val=IndexedDataset(val) if val is not None else None)
     return source, wrapped
@@ -88,3 +90,18 @@ def check_padding(objective: Any, cache: TeacherCache) -> None:
             raise DistillError(f"objective term {term.name!r}: loss {term.loss.name!r} takes no mask, so it "
                                f"also compares padding positions of the per-token signal {term.teacher_signal!r}, "
                                "which a teacher cache does not store; train this term with the live teacher")
+
+
+def check_topk_terms(objective: Any, cache: TeacherCache) -> None:
+    """token_kd terms on a teacher stored as its top k: forward KL only, and no more than the k stored."""
+    from distill.losses.lm import check_cached_topk
+
+    cached_k = cache.metadata.get("k")
+    for term in objective.terms:
+        if term.teacher_signal == FINAL_HIDDEN and "teacher" in term.loss.inputs and cached_k is not None:
+            try:
+                check_cached_topk(int(cached_k), term.options.get("divergence", "forward_kl"),
+                                  term.options.get("top_k"))
+            except DistillError as error:
+                raise DistillError(f"objective term {term.name!r} with teacher cache {cache.directory}: "
+                                   f"{error}") from None

@@ -12,13 +12,14 @@ the run when teacher and student heads are padded to different sizes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.capture import FinalHidden
+from distill.capture import FinalHidden, TopKTeacher
 from distill.errors import DistillError
 from distill.losses.tokens import (DIVERGENCES, auto_chunk_size, chunked_token_ce, chunked_token_kd,
                                    chunked_token_kd_topk)
@@ -31,24 +32,58 @@ def _final_hidden(value: Any, role: str, loss: str) -> FinalHidden:
     return value
 
 
-def _teacher_topk(teacher: FinalHidden, rows: Tensor, k: int, chunk_size: int, vocab_size: int | None
-                  ) -> tuple[Tensor, Tensor]:
-    """The teacher's k largest log-probabilities (temperature 1) and their ids at the given token rows, chunk by
-    chunk: only ``chunk_size x V`` logits at a time."""
-    hidden = teacher.hidden.reshape(-1, teacher.hidden.shape[-1]).index_select(0, rows)
+def teacher_topk(teacher: FinalHidden, k: int, *, rows: Tensor | None = None, chunk_size: int | None = None,
+                 vocab_size: int | None = None) -> TopKTeacher:
+    """The teacher's k largest log-probabilities (temperature 1, decreasing), their ids and the log of the
+    remaining mass, at the given flattened token ``rows`` (default: every token), chunk by chunk: only
+    ``chunk_size x V`` float32 logits at a time. The tail is computed from the full distribution, not as
+    ``1 - sum(top k)``, so it stays accurate when the top k are later stored in float16."""
+    hidden = teacher.hidden.reshape(-1, teacher.hidden.shape[-1])
+    if rows is not None:
+        hidden = hidden.index_select(0, rows)
     weight = teacher.weight[:vocab_size] if vocab_size else teacher.weight
     bias = None if teacher.bias is None else (teacher.bias[:vocab_size] if vocab_size else teacher.bias)
     if not 0 < k <= weight.shape[0]:
         raise DistillError(f"token_kd: top_k={k} must be between 1 and the vocabulary size {weight.shape[0]}")
-    values, ids = [], []
+    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
+    values, ids, tails = [], [], []
     with torch.no_grad():
         for start in range(0, hidden.shape[0], chunk_size):
             log_probs = F.log_softmax(F.linear(hidden[start:start + chunk_size], weight, bias).float(), dim=-1)
             top = log_probs.topk(k, dim=-1)
             values.append(top.values)
             ids.append(top.indices)
-    empty = hidden.new_zeros((0, k), dtype=torch.float32)
-    return (torch.cat(values) if values else empty), (torch.cat(ids) if ids else empty.long())
+            tails.append(torch.logsumexp(log_probs.scatter(1, top.indices, -math.inf), dim=-1))
+    if not values:
+        empty = hidden.new_zeros((0, k), dtype=torch.float32)
+        return TopKTeacher(empty, empty.long(), empty[:, 0])
+    return TopKTeacher(torch.cat(values), torch.cat(ids), torch.cat(tails))
+
+
+def truncate_topk(teacher: TopKTeacher, k: int) -> TopKTeacher:
+    """The same teacher with only its k largest entries kept; the dropped ones join the tail."""
+    if k == teacher.k:
+        return teacher
+    dropped = torch.logsumexp(teacher.logprobs[..., k:].float(), dim=-1)
+    return TopKTeacher(teacher.logprobs[..., :k], teacher.ids[..., :k],
+                       torch.logaddexp(teacher.log_tail.float(), dropped))
+
+
+def _topk_kd(student: FinalHidden, teacher: TopKTeacher, labels: Tensor, *, temperature: float,
+             chunk_size: int | None, normalizer: Any, vocab_size: int | None) -> Tensor:
+    weight = student.weight[:vocab_size] if vocab_size else student.weight
+    bias = None if student.bias is None else (student.bias[:vocab_size] if vocab_size else student.bias)
+    flat_hidden = student.hidden.reshape(-1, student.hidden.shape[-1])
+    rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+    k = teacher.k
+    try:
+        return chunked_token_kd_topk(flat_hidden.index_select(0, rows), weight,
+                                     teacher.logprobs.reshape(-1, k).index_select(0, rows),
+                                     teacher.ids.reshape(-1, k).index_select(0, rows), None, student_bias=bias,
+                                     teacher_log_tail=teacher.log_tail.reshape(-1).index_select(0, rows),
+                                     temperature=temperature, chunk_size=chunk_size, normalizer=normalizer)
+    except ValueError as error:
+        raise DistillError(f"token_kd: {error}") from None
 
 
 def token_kd(student_final: FinalHidden, teacher_final: FinalHidden, labels: Tensor, *,
@@ -65,6 +100,11 @@ def token_kd(student_final: FinalHidden, teacher_final: FinalHidden, labels: Ten
     if divergence not in DIVERGENCES:
         raise DistillError(f"token_kd: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     student = _final_hidden(student_final, "student", "token_kd")
+    if isinstance(teacher_final, TopKTeacher):  # a teacher cache: its stored top k (see distill.cache)
+        check_cached_topk(teacher_final.k, divergence, top_k)
+        teacher_topk_stored = truncate_topk(teacher_final, top_k or teacher_final.k)
+        return _topk_kd(student, teacher_topk_stored, labels, temperature=temperature, chunk_size=chunk_size,
+                        normalizer=normalizer, vocab_size=vocab_size)
     teacher = _final_hidden(teacher_final, "teacher", "token_kd")
     if top_k is None:
         try:
@@ -76,16 +116,25 @@ def token_kd(student_final: FinalHidden, teacher_final: FinalHidden, labels: Ten
             raise DistillError(f"token_kd: {error}") from None
     if divergence != "forward_kl":
         raise DistillError(f"token_kd: top_k works with divergence forward_kl only (got {divergence!r})")
-    flat_hidden = student.hidden.reshape(-1, student.hidden.shape[-1])
     rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(vocab_size or teacher.weight.shape[0])
-    topk_logprobs, topk_ids = _teacher_topk(teacher, rows, top_k, chunk_size, vocab_size)
-    weight = student.weight[:vocab_size] if vocab_size else student.weight
-    bias = None if student.bias is None else (student.bias[:vocab_size] if vocab_size else student.bias)
-    return chunked_token_kd_topk(flat_hidden.index_select(0, rows), weight, topk_logprobs, topk_ids, None,
-                                 student_bias=bias, temperature=temperature, chunk_size=chunk_size,
-                                 normalizer=normalizer)
+    topk = teacher_topk(teacher, top_k, rows=rows, chunk_size=chunk_size, vocab_size=vocab_size)
+    # teacher_topk already selected the supervised rows: hand them over as a flat, fully supervised batch
+    flat_labels = torch.zeros(rows.shape[0], dtype=torch.long, device=labels.device)
+    flat_student = FinalHidden(student.hidden.reshape(-1, student.hidden.shape[-1]).index_select(0, rows),
+                               student.weight, student.bias)
+    return _topk_kd(flat_student, topk, flat_labels, temperature=temperature, chunk_size=chunk_size,
+                    normalizer=normalizer, vocab_size=vocab_size)
+
+
+def check_cached_topk(cached_k: int, divergence: str, top_k: int | None) -> None:
+    """What a token_kd term may ask of a teacher stored as its top k: checked before training and at each call."""
+    if divergence != "forward_kl":
+        raise DistillError(f"token_kd: divergence {divergence!r} needs the teacher's full distribution, and a "
+                           f"teacher cache stores only its top {cached_k} tokens per position; use divergence "
+                           "forward_kl with a cache, or train this term with the live teacher")
+    if top_k is not None and top_k > cached_k:
+        raise DistillError(f"token_kd: top_k={top_k}, and the teacher cache holds only the top {cached_k} tokens per "
+                           f"position; rebuild it with `distill cache build ... --top-k {top_k}` (or lower top_k)")
 
 
 def token_ce(student_final: FinalHidden, labels: Tensor, *, chunk_size: int | None = None, normalizer: Any = None

@@ -573,6 +573,7 @@ def chunked_token_kd_topk(
     labels: Optional[Tensor] = None,
     *,
     student_bias: Optional[Tensor] = None,
+    teacher_log_tail: Optional[Tensor] = None,
     temperature: float = 1.0,
     ignore_index: int = -100,
     chunk_size: Optional[int] = None,
@@ -609,6 +610,9 @@ def chunked_token_kd_topk(
         labels: ``[N]`` or ``[B, T]`` labels aligned with the hidden states; ``ignore_index`` tokens are not
             supervised. ``None`` supervises every token.
         student_bias: optional ``[V]`` student head bias.
+        teacher_log_tail: optional ``[N]`` or ``[B, T]`` log of the teacher's mass outside its top k, as stored by
+            a teacher cache (computed there in float32 from the full distribution). ``None`` derives it from the
+            top-k log-probs, which is as accurate only when they are float32.
         temperature: softmax temperature ``> 0`` (see above); the loss is multiplied by ``temperature ** 2``.
         ignore_index: label value marking unsupervised tokens.
         chunk_size: number of tokens per chunk.
@@ -637,10 +641,16 @@ def chunked_token_kd_topk(
     ids = teacher_topk_ids.reshape(-1, k).to(device=sh.device, dtype=torch.long)
     if lp.shape[0] != sh.shape[0]:
         raise ValueError(f"student_hidden has {sh.shape[0]} tokens but the teacher top-k has {lp.shape[0]}")
+    stored_tail = None
+    if teacher_log_tail is not None:
+        stored_tail = teacher_log_tail.detach().reshape(-1).to(sh.device)
+        if stored_tail.shape[0] != lp.shape[0]:
+            raise ValueError(f"teacher_log_tail has {stored_tail.shape[0]} tokens but the teacher top-k has {lp.shape[0]}")
 
     index = _supervised_index(labels, sh.shape[0], ignore_index, sh.device)
     if index is not None:
         lp, ids = lp.index_select(0, index), ids.index_select(0, index)
+        stored_tail = None if stored_tail is None else stored_tail.index_select(0, index)
     inv_norm = 1.0 / _resolve_normalizer(normalizer, lp.shape[0])
     cdt = _compute_dtype(sh.dtype, student_weight.dtype, lp.dtype)
     t = float(temperature)
@@ -651,7 +661,9 @@ def chunked_token_kd_topk(
             top_lp = lp[start:end].to(cdt)
             top_ids = ids[start:end]
             # teacher buckets: k stored log-probs + log of the tail mass, tempered and re-normalised
-            if has_tail:
+            if has_tail and stored_tail is not None:
+                log_tail = stored_tail[start:end].to(cdt)
+            elif has_tail:
                 tail = (-torch.expm1(torch.logsumexp(top_lp, dim=-1))).clamp_min(0.0)  # 1 - sum p, accurately
                 log_tail = tail.log()  # -inf when the top-k already hold all the mass
             else:
