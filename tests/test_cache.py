@@ -371,7 +371,7 @@ def test_cached_per_token_signals_reach_the_objective_padded_and_unmaskable_loss
     assert signals["hidden"].dtype == torch.float32 and torch.equal(signals["hidden"][real],
                                                                      table[batch["input_ids"]][real])
     masked = Objective(ObjectiveConfig(terms=[{"loss": "cosine", "student": "hidden", "teacher": "hidden"}]))
-    check_padding(masked, cache)  # cosine masks padding: allowed
+    check_padding(masked, lambda signal: (cache, signal))  # cosine masks padding: allowed
     unmasked = Objective(ObjectiveConfig(terms=[{"name": "mid", "loss": "hint", "student": "x", "teacher": "hidden"}]))
     with pytest.raises(DistillError, match="'mid': loss 'hint' takes no mask"):
-        check_padding(unmasked, cache)
+        check_padding(unmasked, lambda signal: (cache, signal))

@@ -143,3 +143,46 @@ def test_corrupted_shard_is_named_before_training(tmp_path, caches):
 
 def test_missing_cache_says_how_to_build_it(tmp_path):
     _refused(recipe(), [f"teacher.cache={tmp_path / 'nowhere'}"], tmp_path, "distill cache build")
+
+
+def _two_teacher_recipe(terms, caches_by_name):
+    config = recipe()
+    del config["teacher"]["model"]
+    config["teacher"]["cache"] = {name: str(path) for name, path in caches_by_name.items()}
+    config["objective"] = {"temperature": 4, "terms": terms}
+    return config
+
+
+def test_several_caches_train_each_term_from_the_teacher_it_names(tmp_path, caches):
+    other = tmp_path / "other"
+    build_cache(recipe(model={"kind": "mlp", "hidden": [24]}), other, dtype="float32", **QUICK)
+    hard = {"name": "hard", "loss": "cross_entropy", "weight": 0.1}
+    # one term on teacher b = the single-cache run on b's cache: the term reads the cache it names
+    routed = distill.train(_two_teacher_recipe([hard, {"name": "b", "loss": "soft_kl", "teacher": "b", "weight": 0.9}],
+                                               {"a": caches["float32"], "b": other}),
+                           output=tmp_path / "routed", overrides=SHORT, show_progress=False)
+    single = recipe()
+    del single["teacher"]["model"]
+    single["objective"] = {"temperature": 4, "terms": [hard, {"name": "b", "loss": "soft_kl", "weight": 0.9}]}
+    alone = distill.train(single, output=tmp_path / "alone", overrides=[*SHORT, f"teacher.cache={other}"],
+                          show_progress=False)
+    assert torch.equal(flat_parameters(routed.student), flat_parameters(alone.student))
+    # both teachers at once differs from either alone
+    both = distill.train(_two_teacher_recipe([hard, {"name": "a", "loss": "soft_kl", "teacher": "a", "weight": 0.45},
+                                              {"name": "b", "loss": "soft_kl", "teacher": "b.logits", "weight": 0.45}],
+                                             {"a": caches["float32"], "b": other}),
+                         output=tmp_path / "both", overrides=SHORT, show_progress=False)
+    assert not torch.equal(flat_parameters(both.student), flat_parameters(alone.student))
+    log = _log(tmp_path / "both")
+    assert any("loss/a" in line and "loss/b" in line for line in log)
+
+
+def test_several_caches_refuse_a_term_without_a_teacher_name_and_a_teacher_model(tmp_path, caches):
+    config = _two_teacher_recipe([{"loss": "soft_kl", "teacher": "logits"}], {"a": caches["float16"]})
+    _refused(config, [], tmp_path, r"teacher signal 'logits'.*NAME or NAME.SIGNAL with NAME one of a")
+    config = _two_teacher_recipe([{"loss": "soft_kl", "teacher": "a"}], {"a": caches["float16"]})
+    config["teacher"]["model"] = {"kind": "mlp", "hidden": [32]}
+    with pytest.raises(DistillError, match="teacher.model with several caches"):
+        load_recipe(config)
+    with pytest.raises(DistillError, match="must be non-empty and contain no '.'"):
+        load_recipe(_two_teacher_recipe([{"loss": "soft_kl", "teacher": "a"}], {"a.b": caches["float16"]}))

@@ -155,9 +155,11 @@ class TeacherConfig(_Strict):
     model: ModelSpec | None = Field(None, description="architecture or pretrained model (None: passed from Python)")
     weights: str | None = Field(None, description="safetensors file to load into model")
     train: TrainingConfig | None = Field(None, description="train the teacher in this run on hard labels first")
-    cache: str | None = Field(None, description="teacher cache folder (`distill cache build`): train from the stored "
-                              "teacher outputs instead of running the teacher; with teacher.model also set, the "
-                              "model is loaded once (not run) to check the cache was built from it")
+    cache: str | dict[str, str] | None = Field(
+        None, description="teacher cache folder (`distill cache build`): train from the stored teacher outputs "
+        "instead of running the teacher; with teacher.model also set, the model is loaded once (not run) to check "
+        "the cache was built from it. Several teachers: {name: folder, ...}; a term then reads teacher `name` (its "
+        "logits) or `name.SIGNAL`")
     cache_allow_augmentation: bool = Field(False, description="train from a cache under training.augment anyway: "
                                            "cached outputs are for un-augmented inputs")
 
@@ -166,6 +168,16 @@ class TeacherConfig(_Strict):
         if self.cache is not None and self.train is not None:
             raise ValueError("teacher.cache replaces running the teacher, so teacher.train cannot be set with it; "
                              "train the teacher in one run, build the cache from RUN/teacher, then train from it")
+        if isinstance(self.cache, dict):
+            if not self.cache:
+                raise ValueError("teacher.cache: an empty mapping; give one folder, or {name: folder} per teacher")
+            dotted = sorted(name for name in self.cache if not name or "." in name)
+            if dotted:
+                raise ValueError(f"teacher.cache: teacher name(s) {dotted} must be non-empty and contain no '.' "
+                                 "(terms address a teacher's signals as NAME.SIGNAL)")
+            if self.model is not None:
+                raise ValueError("teacher.model with several caches: each cache stands for its own teacher, so one "
+                                 "teacher.model cannot be checked against them; drop teacher.model")
         return self
 
 

@@ -90,6 +90,36 @@ class CachedTeacher:
         pass
 
 
+class CachedTeachers:
+    """Several teacher caches, one per named teacher: signal ``name`` is that teacher's ``logits`` and
+    ``name.SIGNAL`` its ``SIGNAL`` (the addressing of the multi-teacher mode), so each term follows one teacher."""
+
+    def __init__(self, caches: dict[str, CachedTeacher]):
+        self.caches = caches
+        self.routes: dict[str, tuple[str, str]] = {}
+
+    def route(self, name: str) -> tuple[str, str]:
+        teacher, _, signal = name.partition(".")
+        if teacher not in self.caches:
+            raise DistillError(f"teacher signal {name!r}: with several teacher caches a term names its teacher, as "
+                               f"NAME or NAME.SIGNAL with NAME one of {', '.join(sorted(self.caches))}")
+        return teacher, signal or "logits"
+
+    def bind(self, names: set[str]) -> "CachedTeachers":
+        self.routes = {name: self.route(name) for name in sorted(names)}
+        for teacher, source in self.caches.items():
+            source.bind({signal for owner, signal in self.routes.values() if owner == teacher})
+        return self
+
+    def signals(self, batch: dict[str, Any], split: str = "train") -> dict[str, Any]:
+        per_teacher = {teacher: source.signals(batch, split) for teacher, source in self.caches.items()
+                       if source.names}
+        return {name: per_teacher[teacher][signal] for name, (teacher, signal) in self.routes.items()}
+
+    def remove(self) -> None:
+        pass
+
+
 def teacher_source(teacher: nn.Module | Any | None, names: set[str]) -> Any:
     """The source for a trainer's ``teacher`` argument: a module runs live, a ``CachedTeacher`` is bound to the
     signals the objective reads."""

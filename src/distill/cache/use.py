@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -13,7 +13,7 @@ from distill.cache.fingerprint import dataset_fingerprint, model_fingerprint, to
 from distill.cache.read import TeacherCache
 from distill.data.indexed import IndexedDataset
 from distill.errors import DistillError
-from distill.teachers import CachedTeacher
+from distill.teachers import CachedTeacher, CachedTeachers
 
 
 def _short(fingerprint: str | None) -> str:
@@ -39,14 +39,12 @@ def check_samples(cache: TeacherCache, split: str, dataset: Any, role: str) -> N
                            "the cache with this recipe")
 
 
-def cached_teacher_for_run(config: Any, data: Any, teacher: nn.Module | None = None) -> tuple[CachedTeacher, Any]:
-    """A bound ``CachedTeacher`` and ``data`` with train/val wrapped to yield sample ids, after every check:
-    shard checksums, teacher and tokenizer fingerprints, sample ids and inputs, and the signals the objective
-    reads. ``teacher`` (or the recipe's ``teacher.model``) is only fingerprinted, never run."""
+def _open_checked(path: str, config: Any, data: Any, val: Any, teacher: nn.Module | None) -> TeacherCache:
+    """Open a cache after every check against this run: shard checksums, teacher and tokenizer fingerprints,
+    sample ids and inputs of both splits."""
     from distill.cache.build import recipe_teacher_fingerprint
-    from distill.objective import Objective
 
-    cache = TeacherCache(config.teacher.cache)
+    cache = TeacherCache(path)
     recorded = cache.metadata["teacher_fingerprint"]
     if teacher is not None or config.teacher.model is not None:
         actual = model_fingerprint(teacher) if teacher is not None else recipe_teacher_fingerprint(config, data)
@@ -63,28 +61,55 @@ def cached_teacher_for_run(config: Any, data: Any, teacher: nn.Module | None = N
             raise DistillError(f"teacher cache {cache.directory} was built with another tokenizer: fingerprint "
                                f"{_short(actual_tokenizer)} here, {_short(recorded_tokenizer)} in the cache")
     check_samples(cache, "train", data.train, "training set")
-    val = data.val if data.val is not None and len(data.val) > 0 else None
     if val is not None:
         if "val" not in cache.metadata["splits"]:
             raise DistillError(f"teacher cache {cache.directory} has no validation split, and the recipe validates "
                                f"on {len(val)} samples; rebuild the cache with this recipe's data settings")
         check_samples(cache, "val", val, "validation set")
-    source = CachedTeacher(cache)
+    return cache
+
+
+def cached_teacher_for_run(config: Any, data: Any, teacher: nn.Module | None = None
+                           ) -> tuple[CachedTeacher | CachedTeachers, Any]:
+    """A bound teacher source and ``data`` with train/val wrapped to yield sample ids, after every check of
+    :func:`_open_checked` and of the signals the objective reads. ``teacher`` (or the recipe's ``teacher.model``)
+    is only fingerprinted, never run. ``teacher.cache`` as ``{name: folder}`` gives one cache per teacher."""
+    from distill.objective import Objective
+
+    val = data.val if data.val is not None and len(data.val) > 0 else None
+    paths = config.teacher.cache
+    source: CachedTeacher | CachedTeachers
+    if isinstance(paths, dict):
+        caches = {name: _open_checked(path, config, data, val, None) for name, path in paths.items()}
+        source = CachedTeachers({name: CachedTeacher(cache) for name, cache in caches.items()})
+
+        def locate(signal: str) -> tuple[TeacherCache, str]:
+            owner, inner = source.route(signal)  # type: ignore[union-attr]
+            return caches[owner], inner
+    else:
+        cache = _open_checked(paths, config, data, val, teacher)
+        source = CachedTeacher(cache)
+
+        def locate(signal: str) -> tuple[TeacherCache, str]:
+            return cache, signal
     objective = Objective(config.objective)
     if objective.needs_teacher:
         source.bind(objective.signals("teacher"))
-        check_padding(objective, cache)
-        check_topk_terms(objective, cache)
+        check_padding(objective, locate)
+        check_topk_terms(objective, locate)
     wrapped = dataclasses.replace(data, train=IndexedDataset(data.train),
                                   val=IndexedDataset(val) if val is not None else None)
     return source, wrapped
 
 
-def check_padding(objective: Any, cache: TeacherCache) -> None:
+def check_padding(objective: Any, locate: Callable[[str], tuple[TeacherCache, str]]) -> None:
     """Refuse terms that would read a per-token cached signal with a loss that cannot mask padding."""
     for term in objective.terms:
-        info = cache.signals.get(term.teacher_signal)
-        if "teacher" in term.loss.inputs and info is not None and info.ragged and "mask" not in term.loss.options:
+        if "teacher" not in term.loss.inputs:
+            continue
+        cache, signal = locate(term.teacher_signal)
+        info = cache.signals.get(signal)
+        if info is not None and info.ragged and "mask" not in term.loss.options:
             # Padding positions are not stored; a loss that cannot mask them would compare against zeros
             # where the live teacher gives its pad-token states: another loss than the recipe's.
             raise DistillError(f"objective term {term.name!r}: loss {term.loss.name!r} takes no mask, so it "
@@ -92,13 +117,16 @@ def check_padding(objective: Any, cache: TeacherCache) -> None:
                                "which a teacher cache does not store; train this term with the live teacher")
 
 
-def check_topk_terms(objective: Any, cache: TeacherCache) -> None:
+def check_topk_terms(objective: Any, locate: Callable[[str], tuple[TeacherCache, str]]) -> None:
     """token_kd terms on a teacher stored as its top k: forward KL only, and no more than the k stored."""
     from distill.losses.lm import check_cached_topk
 
-    cached_k = cache.metadata.get("k")
     for term in objective.terms:
-        if term.teacher_signal == FINAL_HIDDEN and "teacher" in term.loss.inputs and cached_k is not None:
+        if "teacher" not in term.loss.inputs:
+            continue
+        cache, signal = locate(term.teacher_signal)
+        cached_k = cache.metadata.get("k")
+        if signal == FINAL_HIDDEN and cached_k is not None:
             try:
                 check_cached_topk(int(cached_k), term.options.get("divergence", "forward_kl"),
                                   term.options.get("top_k"))
