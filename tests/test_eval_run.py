@@ -269,3 +269,38 @@ def test_resume_accepts_changed_evaluation_settings(compressed_run):
                           overrides=[*QUICK, "evaluation.calibration_bins=10"], resume=True, show_progress=False)
     assert again.metrics["details"]["student"]["reliability"]["bins"] == 10
     assert again.metrics["student"]["errors"] == compressed_run.metrics["student"]["errors"]
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_eval_refuses_a_regime_run_rather_than_dropping_its_combined_models(tmp_path, finished):
+    from distill.config import load_recipe
+
+    run_dir = tmp_path / "mutual"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(load_recipe("mnist1d-mutual").to_yaml())
+    original = json.dumps({"student": {"accuracy": 0.9}, "peer-1": {"accuracy": 0.8}})
+    if finished:
+        (run_dir / "metrics.json").write_text(original)
+    result = CliRunner().invoke(main, ["eval", str(run_dir)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "mode: mutual" in result.output
+    assert ("`distill report` reads it" if finished else "--resume") in result.output
+    if finished:
+        assert (run_dir / "metrics.json").read_text() == original  # untouched
+
+
+def test_compress_on_a_language_model_run_is_refused_before_training():
+    from distill.config import load_recipe
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError, match="compress: int8 quantization and pruning are implemented for classifier"):
+        load_recipe("llm-tiny", ["compress.quantize=int8"])
+
+
+def test_language_model_evaluation_of_an_empty_split_is_refused():
+    from distill.config import EvaluationConfig
+    from distill.errors import DistillError
+    from distill.evaluate.lm import evaluate_language_models
+
+    with pytest.raises(DistillError, match="test split is empty"):
+        evaluate_language_models({"student": torch.nn.Linear(2, 2)}, [], evaluation=EvaluationConfig())

@@ -15,7 +15,7 @@ from distill.errors import DistillError
 from distill.losses.lm import token_kd
 from distill.losses.tokens import dense_token_kd
 from distill.models import build_model, load_hf_model
-from lm_helpers import tiny_llama, tokenizer
+from lm_helpers import TOKENIZER, tiny_llama, tokenizer
 
 
 def _word_tokenizer(words):
@@ -119,3 +119,24 @@ def test_run_with_student_of_another_vocabulary_stops_before_any_training(tmp_pa
     with pytest.raises(DistillError, match="both tokenizers have 6 tokens, but 4 of them differ.*sequence-level"):
         distill.train(recipe, output=tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()  # not even the teacher was trained
+
+
+@pytest.mark.parametrize("role, teacher_positions, student_positions", [("teacher", 8, 64), ("student", 64, 8)])
+def test_blocks_longer_than_a_models_context_are_refused_before_training(tmp_path, role, teacher_positions,
+                                                                            student_positions):
+    import distill
+
+    def llama(positions, layers):
+        return {"kind": "hf-config", "architecture": "llama",
+                "config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": layers,
+                           "num_attention_heads": 2, "num_key_value_heads": 1,
+                           "max_position_embeddings": positions, "tie_word_embeddings": True}}
+
+    recipe = {"data": {"dataset": "kjv-text", "tokenizer": TOKENIZER, "max_length": 16, "train_subset": 8},
+              "teacher": {"model": llama(teacher_positions, 2), "train": {"max_steps": 2, "batch_size": 4}},
+              "student": {"model": llama(student_positions, 1)},
+              "objective": {"terms": [{"loss": "token_kd", "student": "final_hidden", "teacher": "final_hidden"}]},
+              "training": {"max_steps": 2, "batch_size": 4}}
+    with pytest.raises(DistillError, match=f"data.max_length is 16 tokens, and the {role} handles at most 8"):
+        distill.train(recipe, output=tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run" / "teacher").exists()  # refused before the teacher trained

@@ -2,6 +2,7 @@
 and logged loss, and the llm-tiny recipe end to end through `distill train` (metrics, exact resume)."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -138,7 +139,9 @@ def test_llm_tiny_recipe_runs_through_the_cli_and_resumes_exactly(tmp_path):
     assert 0 <= metrics["agreement"] <= 1 and metrics["agreement"] == metrics["student"]["agreement"]
     assert metrics["student"]["params"] < metrics["teacher"]["params"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert {"loss/kd", "loss/ce"} <= set(next(line for line in log if line["stage"] == "student"))
+    student_line = next(line for line in log if line["stage"] == "student")
+    assert "loss/kd" in student_line and student_line["loss"] == pytest.approx(0.5 * student_line["loss/kd"], rel=1e-5)
+    assert student_line["loss/kd"] > 0.9 * math.log(512)  # the recipe's kd term holds the CE too (hard_weight)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student").config.num_hidden_layers == 2
@@ -159,12 +162,13 @@ def test_llm_tiny_recipe_runs_through_the_cli_and_resumes_exactly(tmp_path):
     assert json.loads((killed / "metrics.json").read_text())["stages"]["student"]["resumed_from_step"] == 2
 
 
-def test_hidden_state_alignment_term_runs_beside_token_kd_through_an_adapter(tmp_path):
+@pytest.mark.parametrize("alignment", ["hint", "cosine"])
+def test_hidden_state_alignment_term_runs_beside_token_kd_through_an_adapter(tmp_path, alignment):
     dataset = ChatExamples(chats(4), tokenizer(), max_length=64)
     teacher, student = tiny_llama(512, hidden=24, layers=3, seed=1), tiny_llama(512, hidden=16, seed=0)
     objective = Objective(ObjectiveConfig(terms=[
         {"name": "kd", "loss": "token_kd", "student": "final_hidden", "teacher": "final_hidden"},
-        {"name": "mid", "loss": "hint", "student": "hidden_states[1]", "teacher": "hidden_states[2]"}]))
+        {"name": "mid", "loss": alignment, "student": "hidden_states[1]", "teacher": "hidden_states[2]"}]))
     training = TrainingConfig(max_steps=2, batch_size=2, optimizer="adamw", lr=1e-2, log_every=1, device="cpu")
     result = fit(student, dataset, objective=objective, training=training, stage="student", run_dir=tmp_path,
                  seed=0, teacher=teacher, show_progress=False)
@@ -197,3 +201,18 @@ def test_ddp_two_processes_normalise_over_both_ranks(tmp_path):
     assert max(float((single[key] - initial[key]).abs().max()) for key in single) > 1e-3
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("top_k", [None, 6])
+def test_hard_weight_adds_cross_entropy_from_the_same_pass(top_k):
+    student, teacher, labels = _finals(vocab=40)
+    fused = token_kd(student, teacher, labels, temperature=2.0, top_k=top_k, hard_weight=0.7, chunk_size=4)
+    fused_grads = torch.autograd.grad(fused, [student.hidden, student.weight])
+    separate = (token_kd(student, teacher, labels, temperature=2.0, top_k=top_k, chunk_size=4)
+                + 0.7 * token_ce(student, labels, chunk_size=4))
+    separate_grads = torch.autograd.grad(separate, [student.hidden, student.weight])
+    torch.testing.assert_close(fused, separate)
+    for got, want in zip(fused_grads, separate_grads):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(DistillError, match="hard_weight must be >= 0"):
+        token_kd(student, teacher, labels, hard_weight=-1.0)

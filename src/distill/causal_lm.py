@@ -145,6 +145,37 @@ def check_linear_head(model: nn.Module, role: str) -> None:
                            "(get_output_embeddings()); token-level distillation needs a causal LM")
 
 
+def spec_context(spec: Any) -> int | None:
+    """A causal LM's context length read from its spec (a config dict, or the config file of a local folder),
+    so a student can be checked before a teacher trains."""
+    from distill.config import HFConfigSpec, HFSpec
+    from distill.models import resolve_hf_path
+
+    if isinstance(spec, HFConfigSpec):
+        value = spec.config.get("max_position_embeddings")
+        return int(value) if isinstance(value, int) else None
+    if isinstance(spec, HFSpec) and Path(resolve_hf_path(spec.name_or_path)).is_dir():
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(resolve_hf_path(spec.name_or_path),
+                                                trust_remote_code=spec.trust_remote_code)
+        except (OSError, ValueError):
+            return None  # loading the model itself reports what is wrong with the folder
+        return getattr(config, "max_position_embeddings", None)
+    return None
+
+
+def check_context(model: nn.Module | None, role: str, max_length: int, context: int | None = None) -> None:
+    """Blocks longer than the model's positions would index past its position table (or extrapolate RoPE beyond
+    what it was trained on): refused before any compute, naming both lengths."""
+    if context is None and model is not None:
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and max_length > context:
+        raise DistillError(f"data.max_length is {max_length} tokens, and the {role} handles at most {context} "
+                           f"(config.max_position_embeddings); set data.max_length to {context} or less")
+
+
 # --------------------------------------------------------------------------------------------- tokenizers
 
 

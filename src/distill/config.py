@@ -458,6 +458,14 @@ class Recipe(_Strict):
                              "train with them anyway")
         return self
 
+    @model_validator(mode="after")
+    def _compress_classifiers_only(self) -> "Recipe":
+        if self.compress is not None and self.data.is_language_modeling:
+            raise ValueError("compress: int8 quantization and pruning are implemented for classifier students; a "
+                             "causal-LM student is exported in float (quantize it with your inference runtime, e.g. "
+                             "llama.cpp or torchao). Remove the compress section")
+        return self
+
     def needs_teacher(self) -> bool:
         from distill.losses import get_loss
 

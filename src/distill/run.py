@@ -240,7 +240,8 @@ def evaluate_run_models(config: Recipe, models: dict[str, nn.Module], data: RunD
     if task == "language-modeling":
         from distill.evaluate.lm import evaluate_language_models
 
-        return evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=vocab_size)
+        return evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=vocab_size,
+                                        model_dirs={name: run_dir / name for name in models})
     if task == "classification":
         return evaluate_models(models, data.test, evaluation=config.evaluation, show_progress=show_progress,
                                model_dirs={name: run_dir / name for name in models})
@@ -280,6 +281,14 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         if config.teacher.weights:
             load_weights(teacher, config.teacher.weights)
     _check_outputs({"teacher": teacher}, data)
+    if language_model:
+        from distill.causal_lm import check_context
+
+        from distill.causal_lm import spec_context
+
+        check_context(teacher, "teacher", config.data.max_length)
+        if student is None and config.student.from_teacher is None:  # before a teacher trains for it
+            check_context(None, "student", config.data.max_length, spec_context(config.student.model))
     if language_model and data.tokenizer is not None and config.teacher.model is not None:
         from distill.causal_lm import check_tokenizers
 
@@ -317,6 +326,8 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
         if config.student.weights:
             load_weights(student, config.student.weights)
     _check_outputs({"teacher": teacher, "student": student}, data)
+    if language_model:
+        check_context(student, "student", config.data.max_length)
     objective_config, shared_vocab = config.objective, None
     if language_model and teacher is not None and data.tokenizer is not None:
         from distill.causal_lm import check_pair, with_vocab_size

@@ -92,7 +92,13 @@ def calibration(logits: Tensor, labels: Tensor, *, bins: int = 15) -> dict[str, 
     data: per bin, how many samples, their mean confidence and their accuracy."""
     probs = torch.softmax(logits.double(), -1)
     confidence, predicted = probs.max(-1)
-    correct = (predicted == labels).double()
+    return calibration_of_confidence(confidence, predicted == labels, bins=bins)
+
+
+def calibration_of_confidence(confidence: Tensor, correct: Tensor, *, bins: int = 15) -> dict[str, Any]:
+    """:func:`calibration` from each prediction's confidence and whether it was right (for LMs, whose
+    next-token logits are never held for the whole test set)."""
+    confidence, correct = confidence.double(), correct.double()
     # bin b holds confidences in (b/bins, (b+1)/bins]; the lowest bin also takes exact zeros
     index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
     counts = torch.bincount(index, minlength=bins).double()
@@ -101,7 +107,7 @@ def calibration(logits: Tensor, labels: Tensor, *, bins: int = 15) -> dict[str, 
     filled = counts > 0
     mean_confidence = torch.where(filled, confidence_sums / counts.clamp(min=1), torch.zeros_like(counts))
     bin_accuracy = torch.where(filled, correct_sums / counts.clamp(min=1), torch.zeros_like(counts))
-    ece = ((counts / max(len(labels), 1)) * (mean_confidence - bin_accuracy).abs()).sum().item()
+    ece = ((counts / max(len(confidence), 1)) * (mean_confidence - bin_accuracy).abs()).sum().item()
     return {"ece": ece, "bins": bins, "count": counts.long().tolist(),
             "confidence": [round(value, 6) for value in mean_confidence.tolist()],
             "accuracy": [round(value, 6) for value in bin_accuracy.tolist()]}
@@ -111,7 +117,12 @@ def inherited_errors(student_logits: Tensor, teacher_logits: Tensor, labels: Ten
     """Of the samples the teacher gets wrong, how many the student gets wrong with the *same* wrong answer
     (inherited), and how many it gets right. Compare a distilled student's share with the baseline's: the excess
     is what distillation copied from the teacher rather than what the architecture gets wrong on its own."""
-    teacher_predicted, student_predicted = teacher_logits.argmax(-1), student_logits.argmax(-1)
+    return inherited_of_predictions(student_logits.argmax(-1), teacher_logits.argmax(-1), labels)
+
+
+def inherited_of_predictions(student_predicted: Tensor, teacher_predicted: Tensor, labels: Tensor
+                             ) -> dict[str, Any]:
+    """:func:`inherited_errors` from the predicted classes (or next tokens)."""
     teacher_wrong = teacher_predicted != labels
     same_wrong = teacher_wrong & (student_predicted == teacher_predicted)
     fixed = teacher_wrong & (student_predicted == labels)

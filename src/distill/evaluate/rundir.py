@@ -118,6 +118,16 @@ def evaluate_run_dir(run_dir: str | Path, *, output: str | Path | None = None,
     if not (run_dir / "recipe.yaml").is_file():
         raise DistillError(f"{run_dir} holds no recipe.yaml, so it is not a distill run directory")
     recipe = load_recipe(run_dir / "recipe.yaml")
+    if recipe.mode is not None:
+        # A regime's combined teachers (ensembles of teachers, peers or generations) exist only inside the run;
+        # re-evaluating the exported folders alone would drop their rows from metrics.json.
+        finished = (run_dir / "metrics.json").is_file()
+        raise DistillError(f"{run_dir} trained under mode: {recipe.mode.kind}, whose combined teachers are not saved "
+                           "as models, so `distill eval` cannot re-evaluate it without losing rows. "
+                           + ("Its metrics.json holds the run's own evaluation of every model; `distill report` "
+                              "reads it." if finished else
+                              "It has no metrics.json yet: finish it with `distill train RECIPE --output "
+                              f"{run_dir} --resume`."))
     data = load_data(recipe)
     previous_file = Path(output) if output else run_dir / "metrics.json"
     if previous_file.is_file():

@@ -70,60 +70,57 @@ def truncate_topk(teacher: TopKTeacher, k: int) -> TopKTeacher:
 
 
 def _topk_kd(student: FinalHidden, teacher: TopKTeacher, labels: Tensor, *, temperature: float,
-             chunk_size: int | None, normalizer: Any, vocab_size: int | None) -> Tensor:
+             chunk_size: int | None, normalizer: Any, vocab_size: int | None, hard_weight: float) -> Tensor:
+    """Bucketed forward KL against a top-k teacher; student rows, teacher rows and labels aligned."""
     weight = student.weight[:vocab_size] if vocab_size else student.weight
     bias = None if student.bias is None else (student.bias[:vocab_size] if vocab_size else student.bias)
-    flat_hidden = student.hidden.reshape(-1, student.hidden.shape[-1])
-    rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
-    k = teacher.k
     try:
-        return chunked_token_kd_topk(flat_hidden.index_select(0, rows), weight,
-                                     teacher.logprobs.reshape(-1, k).index_select(0, rows),
-                                     teacher.ids.reshape(-1, k).index_select(0, rows), None, student_bias=bias,
-                                     teacher_log_tail=teacher.log_tail.reshape(-1).index_select(0, rows),
-                                     temperature=temperature, chunk_size=chunk_size, normalizer=normalizer)
+        return chunked_token_kd_topk(student.hidden, weight, teacher.logprobs, teacher.ids, labels,
+                                     student_bias=bias, teacher_log_tail=teacher.log_tail, temperature=temperature,
+                                     chunk_size=chunk_size, normalizer=normalizer, hard_weight=hard_weight)
     except ValueError as error:
         raise DistillError(f"token_kd: {error}") from None
 
 
-def token_kd(student_final: FinalHidden, teacher_final: FinalHidden, labels: Tensor, *,
+def token_kd(student_final: FinalHidden, teacher_final: FinalHidden | TopKTeacher, labels: Tensor, *,
              divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-             top_k: int | None = None, chunk_size: int | None = None, normalizer: Any = None,
-             vocab_size: int | None = None) -> Tensor:
+             top_k: int | None = None, hard_weight: float = 0.0, chunk_size: int | None = None,
+             normalizer: Any = None, vocab_size: int | None = None) -> Tensor:
     """Token-level KD between next-token distributions, from hidden states and heads, chunk by chunk.
 
     ``divergence``: forward_kl (classic KD), reverse_kl, jsd (generalised JSD, ``beta`` = teacher weight, TRL's
     convention), skew_kl / skew_reverse_kl (DistiLLM, mixing weight ``skew``) or tv; softmax at ``temperature``,
     times ``temperature**2``. ``top_k``: compare with the teacher's k most likely tokens plus one bucket for its
-    remaining mass (forward KL only; k = V is the dense loss). Summed over supervised tokens, divided by
-    ``normalizer`` (default: their count)."""
+    remaining mass (forward KL only; k = V is the dense loss). ``hard_weight``: add that many times the
+    next-token cross-entropy, computed from the same student logits (KD + CE in one pass over the head; use it
+    instead of a separate token_ce term for speed). Summed over supervised tokens, divided by ``normalizer``
+    (default: their count). The teacher may be a cache's ``TopKTeacher`` (see :mod:`distill.cache`)."""
     if divergence not in DIVERGENCES:
         raise DistillError(f"token_kd: unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     student = _final_hidden(student_final, "student", "token_kd")
     if isinstance(teacher_final, TopKTeacher):  # a teacher cache: its stored top k (see distill.cache)
         check_cached_topk(teacher_final.k, divergence, top_k)
-        teacher_topk_stored = truncate_topk(teacher_final, top_k or teacher_final.k)
-        return _topk_kd(student, teacher_topk_stored, labels, temperature=temperature, chunk_size=chunk_size,
-                        normalizer=normalizer, vocab_size=vocab_size)
+        return _topk_kd(student, truncate_topk(teacher_final, top_k or teacher_final.k), labels,
+                        temperature=temperature, chunk_size=chunk_size, normalizer=normalizer,
+                        vocab_size=vocab_size, hard_weight=hard_weight)
     teacher = _final_hidden(teacher_final, "teacher", "token_kd")
     if top_k is None:
         try:
             return chunked_token_kd(student.hidden, student.weight, teacher.hidden, teacher.weight, labels,
                                     student_bias=student.bias, teacher_bias=teacher.bias, divergence=divergence,
                                     temperature=temperature, beta=beta, skew=skew, chunk_size=chunk_size,
-                                    normalizer=normalizer, vocab_size=vocab_size)
+                                    normalizer=normalizer, vocab_size=vocab_size, hard_weight=hard_weight)
         except ValueError as error:
             raise DistillError(f"token_kd: {error}") from None
     if divergence != "forward_kl":
         raise DistillError(f"token_kd: top_k works with divergence forward_kl only (got {divergence!r})")
+    # the teacher's top k at the supervised rows only; student rows and labels are cut to the same rows
     rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
     topk = teacher_topk(teacher, top_k, rows=rows, chunk_size=chunk_size, vocab_size=vocab_size)
-    # teacher_topk already selected the supervised rows: hand them over as a flat, fully supervised batch
-    flat_labels = torch.zeros(rows.shape[0], dtype=torch.long, device=labels.device)
     flat_student = FinalHidden(student.hidden.reshape(-1, student.hidden.shape[-1]).index_select(0, rows),
                                student.weight, student.bias)
-    return _topk_kd(flat_student, topk, flat_labels, temperature=temperature, chunk_size=chunk_size,
-                    normalizer=normalizer, vocab_size=vocab_size)
+    return _topk_kd(flat_student, topk, labels.reshape(-1).index_select(0, rows), temperature=temperature,
+                    chunk_size=chunk_size, normalizer=normalizer, vocab_size=vocab_size, hard_weight=hard_weight)
 
 
 def check_cached_topk(cached_k: int, divergence: str, top_k: int | None) -> None:

@@ -322,6 +322,45 @@ def _run_fused(
     return loss
 
 
+def _hard_label_targets(labels: Optional[Tensor], index: Optional[Tensor], n_rows: int, vocab: int,
+                        hard_weight: float) -> Optional[Tensor]:
+    """The next-token targets of the supervised rows, for a KD loss that also adds ``hard_weight`` x CE."""
+    if hard_weight < 0:
+        raise ValueError(f"hard_weight must be >= 0, got {hard_weight}")
+    if hard_weight == 0:
+        return None
+    if labels is None:
+        raise ValueError("hard_weight > 0 needs labels (the next-token targets)")
+    targets = labels.reshape(-1)
+    targets = targets.index_select(0, index.to(targets.device)) if index is not None else targets
+    if targets.numel() != n_rows:
+        raise ValueError(f"labels give {targets.numel()} supervised tokens, the loss has {n_rows}")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+        raise ValueError(f"labels hold ids outside the vocabulary of {vocab}")
+    return targets
+
+
+def _with_hard_labels(chunk_loss: ChunkLoss, targets: Optional[Tensor], hard_weight: float) -> ChunkLoss:
+    """``chunk_loss`` plus ``hard_weight`` x next-token cross-entropy on the same student logits chunk: the
+    usual KD + CE mixture in one pass over the output head instead of two (the head matmuls and their
+    gradients are most of a small LM's step)."""
+    if targets is None:
+        return chunk_loss
+
+    def combined(start: int, end: int, student_logits: Tensor, need_grad: bool):
+        rows, grad = chunk_loss(start, end, student_logits, need_grad)
+        chunk_targets = targets[start:end].unsqueeze(1).to(student_logits.device)
+        log_probs = F.log_softmax(student_logits, dim=-1)
+        rows = rows + hard_weight * -log_probs.gather(1, chunk_targets).squeeze(1)
+        if grad is not None:  # d/dz -log softmax(z)[y] = softmax(z) - onehot(y)
+            ce_grad = log_probs.exp_()
+            ce_grad.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1.0, dtype=ce_grad.dtype))
+            grad.add_(ce_grad, alpha=hard_weight)
+        return rows, grad
+
+    return combined
+
+
 def _check_head(name: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     if weight.dim() != 2:
         raise ValueError(f"{name}_weight must be [V, H], got shape {tuple(weight.shape)}")
@@ -476,6 +515,7 @@ def chunked_token_kd(
     chunk_size: Optional[int] = None,
     normalizer: Normalizer = None,
     vocab_size: Optional[int] = None,
+    hard_weight: float = 0.0,
 ) -> Tensor:
     """Token-level KD loss from final hidden states and output heads, never materialising ``N x V`` logits.
 
@@ -510,6 +550,9 @@ def chunked_token_kd(
         vocab_size: if given, both heads (and biases) are sliced to their first ``vocab_size`` rows before the
             softmax - this reconciles vocabularies padded to different sizes (e.g. 151,936 vs 152,064) that share
             the real tokens. If ``None`` the two head sizes must be equal.
+        hard_weight: adds ``hard_weight`` x next-token cross-entropy (temperature 1, on the labels, over the same
+            vocabulary) computed from the same student logits chunk, with the same normalizer: KD + CE in one
+            pass over the student's head instead of two.
 
     Returns:
         0-d loss tensor (float32, or float64 for float64 inputs). Gradients flow to ``student_hidden``,
@@ -552,6 +595,7 @@ def chunked_token_kd(
     if index is not None:
         th = th.index_select(0, index)
     n_sup = th.shape[0]
+    targets = _hard_label_targets(labels, index, n_sup, sw.shape[0], hard_weight)
     inv_norm = 1.0 / _resolve_normalizer(normalizer, n_sup)
     cdt = _compute_dtype(sh.dtype, sw.dtype, th.dtype, tw.dtype)
 
@@ -562,7 +606,7 @@ def chunked_token_kd(
             student_logits.to(cdt), teacher_logits, divergence, temperature, beta, skew, need_grad
         )
 
-    return _run_fused(sh, sw, sb, index, chunk_loss, chunk_size, inv_norm)
+    return _run_fused(sh, sw, sb, index, _with_hard_labels(chunk_loss, targets, hard_weight), chunk_size, inv_norm)
 
 
 def chunked_token_kd_topk(
@@ -578,6 +622,7 @@ def chunked_token_kd_topk(
     ignore_index: int = -100,
     chunk_size: Optional[int] = None,
     normalizer: Normalizer = None,
+    hard_weight: float = 0.0,
 ) -> Tensor:
     """Forward KL against a teacher stored only as its top-k log-probabilities (offline / cached teachers).
 
@@ -618,6 +663,8 @@ def chunked_token_kd_topk(
         chunk_size: number of tokens per chunk.
         normalizer: divisor of the summed divergence; ``None`` = number of supervised tokens in this call (at
             least 1). See :func:`chunked_token_kd`.
+        hard_weight: adds ``hard_weight`` x next-token cross-entropy on ``labels`` from the same student logits
+            (see :func:`chunked_token_kd`).
 
     Returns:
         0-d loss tensor (float32, or float64 for float64 inputs); gradients flow to the student inputs only.
@@ -652,6 +699,7 @@ def chunked_token_kd_topk(
         lp, ids = lp.index_select(0, index), ids.index_select(0, index)
         stored_tail = None if stored_tail is None else stored_tail.index_select(0, index)
     inv_norm = 1.0 / _resolve_normalizer(normalizer, lp.shape[0])
+    targets = _hard_label_targets(labels, index, lp.shape[0], v, hard_weight)
     cdt = _compute_dtype(sh.dtype, student_weight.dtype, lp.dtype)
     t = float(temperature)
     has_tail = k < v
@@ -691,7 +739,8 @@ def chunked_token_kd_topk(
             grad.scatter_(1, top_ids, q.gather(1, top_ids) - p[:, :k])
             return rows, grad * t
 
-    return _run_fused(sh, student_weight, student_bias, index, chunk_loss, chunk_size, inv_norm)
+    return _run_fused(sh, student_weight, student_bias, index, _with_hard_labels(chunk_loss, targets, hard_weight),
+                      chunk_size, inv_norm)
 
 
 def chunked_token_ce(

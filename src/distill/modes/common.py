@@ -92,7 +92,10 @@ class ModeRun:
         if student_stage != "student" and "student" in present:
             export_model(present["student"], student_spec, self.run_dir / "student",
                          input_shape=self.data.input_shape, num_classes=self.data.num_classes)
-        metrics = evaluate_models(present, self.data.test, evaluation=self.config.evaluation)
+        # exported stages have a folder under their name (size on disk); combinations built in the run do not
+        metrics = evaluate_models(present, self.data.test, evaluation=self.config.evaluation,
+                                  model_dirs={name: self.run_dir / name for name in present
+                                              if (self.run_dir / name).is_dir()})
         metrics.update({
             "recipe": self.config.name, "seed": self.config.seed, "mode": self.config.mode.kind,  # type: ignore[union-attr]
             "steps": self.stages.get(student_stage, {}).get("steps"), "stages": self.stages,
