@@ -146,6 +146,16 @@ def test_llm_tiny_recipe_runs_through_the_cli_and_resumes_exactly(tmp_path):
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "student").config.num_hidden_layers == 2
     assert len(AutoTokenizer.from_pretrained(tmp_path / "run" / "student")) == 512
+    # every model measured the same way: cost, fidelity, calibration; the report draws them as for classifiers
+    for name in ("teacher", "baseline", "student"):
+        row = metrics[name]
+        assert row["size_bytes"] > 0 and 0 < row["latency_b1_ms"] <= row["latency_b1_p95_ms"] and 0 <= row["ece"] <= 1
+    assert metrics["student"]["kl_to_teacher"] > 0 and metrics["student"]["inherited_share"] is not None
+    from distill.evaluate.html_report import build_report
+
+    figures = json.loads(build_report([tmp_path / "run"], output=tmp_path / "report").json.read_text())["figures"]
+    for figure in ("perplexity-vs-latency.png", "perplexity-vs-size.png", "reliability.png", "inherited-errors.png"):
+        assert figure in figures
 
     # A kill after the step-2 checkpoint: the student's later state is lost; resuming must give the same weights.
     killed = tmp_path / "killed"
