@@ -45,7 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from common import write_results  # noqa: E402
+from common import optimizer_step_stamps, write_results  # noqa: E402
 from distill.cache import TeacherCache, build_cache  # noqa: E402
 from distill.cache.build import _teacher_for  # noqa: E402
 from distill.capture import FinalHidden, SignalCapture  # noqa: E402
@@ -68,29 +68,14 @@ VARIANTS = {"ce only": ("ce", None), "live, two terms": ("two_terms", "live"), "
 
 
 def timed_fit(student, dataset, objective_terms, teacher, steps: int, batch_size: int) -> list[float]:
-    """Per-optimizer-step timestamps of ``fit`` (through the LambdaLR's call after each step)."""
+    """Per-optimizer-step timestamps of ``fit``."""
     objective = Objective(ObjectiveConfig(temperature=1.0, terms=objective_terms))
     training = TrainingConfig(max_steps=steps, batch_size=batch_size, optimizer="adamw", lr=2e-4, weight_decay=0.0,
                               schedule="constant", mixed_precision="no", device="cpu", log_every=10 * steps,
                               checkpoint_every=10 * steps)
-    stamps: list[float] = []
-    original = train_module.lr_multiplier
-
-    def timed_multiplier(*args, **kwargs):
-        multiplier = original(*args, **kwargs)
-
-        def timed(step: int) -> float:
-            stamps.append(time.perf_counter())
-            return multiplier(step)
-        return timed
-
-    train_module.lr_multiplier = timed_multiplier
-    try:
-        with tempfile.TemporaryDirectory(prefix="cache_lm_fit_") as run_dir:
-            train_module.fit(student, dataset, objective=objective, training=training, stage="student",
-                             run_dir=Path(run_dir), seed=0, teacher=teacher, show_progress=False)
-    finally:
-        train_module.lr_multiplier = original
+    with optimizer_step_stamps() as stamps, tempfile.TemporaryDirectory(prefix="cache_lm_fit_") as run_dir:
+        train_module.fit(student, dataset, objective=objective, training=training, stage="student",
+                         run_dir=Path(run_dir), seed=0, teacher=teacher, show_progress=False)
     return stamps[1:]
 
 

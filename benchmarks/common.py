@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -39,3 +41,29 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     payload = {"command": "python " + " ".join(sys.argv), "machine": machine(), **data}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def optimizer_step_stamps() -> Iterator[list[float]]:
+    """Timestamps of ``distill.trainer.fit``'s optimizer steps, taken while the block runs: ``lr_multiplier`` is
+    wrapped so that every call (LambdaLR calls it once per ``scheduler.step()``, i.e. once per optimizer step,
+    after the step's own work) appends ``time.perf_counter()``. The first stamp is LambdaLR's call at
+    construction (setup), so per-step times start from ``stamps[1:]``."""
+    from distill import trainer
+
+    stamps: list[float] = []
+    original = trainer.lr_multiplier
+
+    def timed_multiplier(*args: Any, **kwargs: Any) -> Any:
+        multiplier = original(*args, **kwargs)
+
+        def timed(step: int) -> float:
+            stamps.append(time.perf_counter())
+            return multiplier(step)
+        return timed
+
+    trainer.lr_multiplier = timed_multiplier
+    try:
+        yield stamps
+    finally:
+        trainer.lr_multiplier = original

@@ -55,6 +55,9 @@ from distill.losses.logits import cross_entropy, soft_kl
 from distill.models import MLP
 from distill.objective import Objective
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import optimizer_step_stamps  # noqa: E402
+
 # The training loop lives in distill.trainer (formerly distill.train, a name the package's `train` function shadows).
 try:
     train_module = importlib.import_module("distill.trainer")
@@ -78,21 +81,6 @@ def make_sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True)
 
 
-def timed_multiplier(stamps: list[float]):
-    """Wrap ``lr_multiplier`` so that every call (LambdaLR calls it once per ``scheduler.step()``, i.e. once per
-    optimizer step, after the step's own work) records a timestamp."""
-    original = train_module.lr_multiplier
-
-    def make(*args, **kwargs):
-        multiplier = original(*args, **kwargs)
-
-        def timed(step: int) -> float:
-            stamps.append(time.perf_counter())
-            return multiplier(step)
-        return timed
-    return make
-
-
 def run_ours(dataset: ArrayDataset, teacher: torch.nn.Module, steps: int) -> tuple[float, list[float]]:
     """One ``fit`` call of ``steps`` optimizer steps: (seconds for the whole call, one timestamp per step)."""
     student = make_student()
@@ -100,17 +88,11 @@ def run_ours(dataset: ArrayDataset, teacher: torch.nn.Module, steps: int) -> tup
                               nesterov=True, schedule="constant", mixed_precision="no", device="cpu",
                               log_every=LOG_EVERY, checkpoint_every=10 * steps)
     objective = Objective(ObjectiveConfig(alpha=ALPHA, temperature=TEMPERATURE))
-    stamps: list[float] = []
-    original = train_module.lr_multiplier
-    train_module.lr_multiplier = timed_multiplier(stamps)
-    try:
-        with tempfile.TemporaryDirectory(prefix="engine_overhead_") as run_dir:
-            started = time.perf_counter()
-            train_module.fit(student, dataset, objective=objective, training=training, stage="student",
-                             run_dir=Path(run_dir), seed=SEED, teacher=teacher, show_progress=True)
-            elapsed = time.perf_counter() - started
-    finally:
-        train_module.lr_multiplier = original
+    with optimizer_step_stamps() as stamps, tempfile.TemporaryDirectory(prefix="engine_overhead_") as run_dir:
+        started = time.perf_counter()
+        train_module.fit(student, dataset, objective=objective, training=training, stage="student",
+                         run_dir=Path(run_dir), seed=SEED, teacher=teacher, show_progress=True)
+        elapsed = time.perf_counter() - started
     return elapsed, stamps[1:]  # stamps[0]: LambdaLR's initial call at construction (setup)
 
 

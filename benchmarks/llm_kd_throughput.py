@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import optimizer_step_stamps  # noqa: E402
 
 VOCAB = 8192
 BATCH = 8
@@ -198,24 +199,9 @@ def run_ours(student, teacher, batches: list[torch.Tensor], steps: int) -> list[
     training = TrainingConfig(max_steps=steps, batch_size=BATCH, optimizer="adamw", lr=LR, weight_decay=0.0,
                               schedule="constant", mixed_precision="no", device="cpu", log_every=10,
                               checkpoint_every=10 * steps)
-    stamps: list[float] = []
-    original = train_module.lr_multiplier
-
-    def timed_multiplier(*args, **kwargs):
-        multiplier = original(*args, **kwargs)
-
-        def timed(step: int) -> float:
-            stamps.append(time.perf_counter())
-            return multiplier(step)
-        return timed
-
-    train_module.lr_multiplier = timed_multiplier
-    try:
-        with tempfile.TemporaryDirectory(prefix="llm_kd_throughput_") as run_dir:
-            train_module.fit(student, _Blocks(batches), objective=objective, training=training, stage="student",
-                             run_dir=Path(run_dir), seed=0, teacher=teacher, show_progress=True)
-    finally:
-        train_module.lr_multiplier = original
+    with optimizer_step_stamps() as stamps, tempfile.TemporaryDirectory(prefix="llm_kd_throughput_") as run_dir:
+        train_module.fit(student, _Blocks(batches), objective=objective, training=training, stage="student",
+                         run_dir=Path(run_dir), seed=0, teacher=teacher, show_progress=True)
     return stamps[1:]  # stamps[0]: LambdaLR's call at construction (setup)
 
 

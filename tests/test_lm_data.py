@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from distill.config import DataConfig, LMDataConfig
 from distill.data.lm import (IGNORE_INDEX, ChatExamples, PackedBlocks, load_lm_splits, next_token_targets,
