@@ -34,6 +34,10 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=float, default=20)
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--jitter", type=int, default=0, help="DeepInversion jitter (mode.jitter)")
+    parser.add_argument("--shift", type=int, default=0,
+                        help="random shift of the student's training inputs (training.augment.shift; the teacher "
+                             "labels the shifted inputs live)")
     parser.add_argument("--name", default="data_free_mnist", help="results file benchmarks/results/NAME.json")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -46,7 +50,7 @@ def main() -> None:
                     "train": {**schedule, "epochs": args.teacher_epochs}},
         "student": {"model": {"kind": "cnn", "channels": [16, 32, 64], "kernel_size": 3}},
         "objective": {"temperature": 4, "terms": [{"name": "soft", "loss": "soft_kl"}]},
-        "training": {**schedule, "epochs": args.student_epochs},
+        "training": {**schedule, "epochs": args.student_epochs, "augment": {"shift": args.shift}},
         "evaluation": {"latency_runs": 5},
     }
     real_row = f"KD student, {args.samples:,} real images"
@@ -54,7 +58,8 @@ def main() -> None:
     started = time.perf_counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         free = distill.train({**base, "name": "data-free-mnist", "seed": seed, "mode": {
-            "kind": "data_free", "samples": args.samples, "batch_size": 256, "steps": args.steps, "lr": 0.05}},
+            "kind": "data_free", "samples": args.samples, "batch_size": 256, "steps": args.steps, "lr": 0.05,
+            "jitter": args.jitter}},
             output=root / f"s{seed}-data-free", resume=True, show_progress=False).metrics
         accuracy["teacher"].append(free["teacher"]["accuracy"])
         accuracy["data-free student"].append(free["student"]["accuracy"])
@@ -74,7 +79,7 @@ def main() -> None:
     Console().print(table)
     path = write_results(args.name, {
         "seeds": args.seeds, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-        "samples": args.samples, "steps": args.steps, "wall_seconds": round(time.perf_counter() - started, 1),
+        "samples": args.samples, "steps": args.steps, "jitter": args.jitter, "shift": args.shift, "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": {name: {"accuracy_mean": mean_std(values)[0], "accuracy_std": mean_std(values)[1],
                         "accuracies": values} for name, values in accuracy.items()},
         "data_free_accuracy": mean_std(accuracy["data-free student"])[0], "goal": 0.90,

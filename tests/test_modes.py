@@ -315,6 +315,37 @@ def test_transfer_set_student_sees_only_a_fraction_of_the_labels(tmp_path, monke
     assert len(seen["teacher"]) == train_size // 4  # nobody has more labels, the teacher neither
 
 
+def test_transfer_set_takes_a_pool_of_inputs_nobody_labelled(tmp_path, monkeypatch):
+    import json as json_module
+
+    seen = {}
+    original = mode_common._stage
+
+    def record(name, model, spec, data, **kwargs):
+        seen[name] = (data.train.inputs.clone(), data.train.labels.clone())
+        return original(name, model, spec, data, **kwargs)
+
+    monkeypatch.setattr(mode_common, "_stage", record)
+    pool = blobs(num_samples=40, num_features=FEATURES, num_classes=CLASSES, seed=9).inputs.numpy()
+    file = tmp_path / "pool.jsonl"
+    file.write_text("".join(json_module.dumps({"x": row.tolist()}) + "\n" for row in pool))
+    mode = {"kind": "transfer_set", "labelled_fraction": 1.0,
+            "unlabelled": {"path": str(file), "features": "x", "max_samples": 30}}
+    result = train(tmp_path, mode=mode)
+    train_size = len(tiny_data().train)
+    inputs, labels = seen["student"]
+    assert result.metrics["unlabelled_pool"] == 30 and result.metrics["labelled"] == train_size
+    assert len(labels) == train_size + 30 and torch.equal(labels[train_size:], torch.full((30,), UNLABELLED))
+    assert torch.equal(labels[:train_size], tiny_data().train.labels)   # every training label kept
+    assert torch.allclose(inputs[train_size:], torch.as_tensor(pool[:30]))
+    # a pool of inputs unlike the run's: refused before the teacher trains, naming the field and both shapes
+    with pytest.raises(DistillError, match=r"mode.unlabelled.dataset 'digits': inputs of shape \(1, 8, 8\).*\(12,\)"):
+        train(tmp_path, name="wrong", mode={**mode, "unlabelled": {"dataset": "digits"}})
+    assert not (tmp_path / "wrong" / "teacher").exists()
+    with pytest.raises(DistillError, match="path needs features"):
+        load_recipe(recipe(mode={**mode, "unlabelled": {"path": str(file)}}))
+
+
 # ------------------------------------------------------------------------------------------ counterfactual
 class TwoBranch(nn.Module):
     def __init__(self):
@@ -413,6 +444,31 @@ def test_deep_inversion_steers_the_teacher_and_its_batch_statistics():
     inputs, labels = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0,
                                 mode=DataFreeMode(samples=12, batch_size=12, steps=40, lr=0.1, bn_weight=0))
     assert torch.equal(labels, torch.arange(12) % 3)
+
+
+def test_jitter_rolls_every_spatial_axis_by_at_most_its_size_and_changes_the_synthesis():
+    from distill.config import DataFreeMode
+    from distill.models import CNN
+    from distill.modes.data_free import _jittered
+
+    images = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7)
+    assert _jittered(images, 0, torch.Generator()) is images
+    generator = torch.Generator().manual_seed(0)
+    offsets = set()
+    for _ in range(40):
+        rolled = _jittered(images, 2, generator)
+        matches = [(rows, cols) for rows in range(-2, 3) for cols in range(-2, 3)
+                   if torch.equal(rolled, torch.roll(images, shifts=(rows, cols), dims=(2, 3)))]
+        assert len(matches) == 1  # channels and batch untouched, one roll per spatial axis within [-2, 2]
+        offsets.add(matches[0])
+    assert len(offsets) > 10
+    torch.manual_seed(0)
+    teacher = CNN((1, 16), [8], 3)
+    settings = dict(samples=6, batch_size=6, steps=5, lr=0.1)
+    plain, _ = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0, mode=DataFreeMode(**settings))
+    jittered, _ = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0, mode=DataFreeMode(**settings, jitter=2))
+    again, _ = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0, mode=DataFreeMode(**settings, jitter=2))
+    assert not torch.equal(plain, jittered) and torch.equal(jittered, again)
 
 
 def test_data_free_with_a_teacher_without_batch_norm_is_refused(tmp_path):

@@ -368,6 +368,23 @@ class AssistantChainMode(_Strict):
         return self
 
 
+class UnlabelledData(_Strict):
+    """Inputs without labels: a built-in dataset's training inputs, or feature columns of a file."""
+    dataset: str | None = Field(None, description="built-in dataset whose training inputs are used (labels dropped)")
+    path: str | None = Field(None, description="CSV / JSON(L) / parquet file or save_to_disk folder; no label needed")
+    features: str | list[str] | None = Field(None, description="feature columns of path, as in data.features")
+    format: str | None = None
+    max_samples: int | None = Field(None, gt=0, description="use at most this many (the first ones)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "UnlabelledData":
+        if (self.dataset is None) == (self.path is None):
+            raise ValueError("give exactly one of dataset or path")
+        if self.path is not None and self.features is None:
+            raise ValueError("path needs features: the columns that hold the inputs")
+        return self
+
+
 class TransferSetMode(_Strict):
     """Label-scarce distillation: the student keeps the labels of only a fraction of the training set; the teacher
     labels all of it (soft targets with soft_kl terms, hard ones with teacher_label_ce)."""
@@ -376,6 +393,9 @@ class TransferSetMode(_Strict):
     teacher_labels: Literal["all", "labelled"] = Field(
         "all", description="what a teacher trained here learns from: every label (a teacher trained elsewhere), or "
                            "only the labelled subset (nobody has more labels)")
+    unlabelled: UnlabelledData | None = Field(
+        None, description="more inputs with no labels at all, added to the student's transfer set: the teacher "
+                          "labels them (with labelled_fraction: 1, all of the training set keeps its labels)")
 
 
 class CounterfactualMode(_Strict):
@@ -411,6 +431,9 @@ class DataFreeMode(_Strict):
     bn_weight: float = Field(1.0, ge=0, description="weight of the batch-norm statistics term")
     tv_weight: float = Field(1e-3, ge=0, description="weight of the total-variation smoothness prior")
     l2_weight: float = Field(1e-4, ge=0, description="weight of the input L2 prior")
+    jitter: int = Field(0, ge=0, description="deep_inversion: each optimisation step sees the inputs rolled by a "
+                        "random offset of up to this many positions along every spatial axis (DeepInversion's jitter: "
+                        "features that survive small shifts, not single-pixel patterns)")
 
 
 class SelfDistillationMode(_Strict):

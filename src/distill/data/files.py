@@ -314,3 +314,17 @@ def load_files(
         class_names=class_names,
         source=source,
     )
+
+
+def load_unlabelled_inputs(path: str | Path, *, features: str | list[str], format: str | None = None) -> np.ndarray:
+    """The feature columns of every row of a file (its 'train' split), for inputs nobody has labels for."""
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise DistillError(f"Unlabelled data path {location} does not exist; check the path (relative paths are from "
+                           f"{Path.cwd()}).")
+    feature_list = [features] if isinstance(features, str) else list(features)
+    with tempfile.TemporaryDirectory(prefix="distill-datasets-", ignore_cleanup_errors=True) as cache:
+        splits = _load_splits(location, _infer_format(location, format), cache)
+        table = _pick_split(splits, location, ("train",))
+        _check_columns(table, feature_list, str(location))
+        return _features(table, features, str(location))

@@ -60,6 +60,15 @@ def total_variation(inputs: Tensor) -> Tensor:
     return sum((inputs.diff(dim=axis).abs().mean() for axis in range(2, inputs.dim())), torch.zeros(()))
 
 
+def _jittered(inputs: Tensor, jitter: int, generator: torch.Generator) -> Tensor:
+    """``inputs`` rolled by a random offset in [-jitter, jitter] along every spatial axis (one offset per batch)."""
+    if jitter == 0:
+        return inputs
+    axes = tuple(range(2, inputs.dim()))
+    shifts = torch.randint(-jitter, jitter + 1, (len(axes),), generator=generator).tolist()
+    return torch.roll(inputs, shifts=shifts, dims=axes)
+
+
 def synthesise(teacher: nn.Module, *, input_shape: tuple[int, ...], num_classes: int, mode: DataFreeMode,
                seed: int, show_progress: bool = False) -> tuple[Tensor, Tensor]:
     """``mode.samples`` synthetic inputs and the teacher's class for each."""
@@ -80,7 +89,7 @@ def synthesise(teacher: nn.Module, *, input_shape: tuple[int, ...], num_classes:
                 optimizer = torch.optim.Adam([inputs], lr=mode.lr)
                 for _ in range(mode.steps):
                     losses.clear()
-                    logits = teacher(inputs)
+                    logits = teacher(_jittered(inputs, mode.jitter, generator))
                     loss = (F.cross_entropy(logits, targets) + mode.bn_weight * torch.stack(losses).sum()
                             + mode.tv_weight * total_variation(inputs) + mode.l2_weight * inputs.pow(2).mean())
                     optimizer.zero_grad(set_to_none=True)

@@ -38,7 +38,13 @@ def run(job: ModeRun, student, mode: TransferSetMode) -> RunResult:
     labelled = labelled_split(labels, mode.labelled_fraction, config.seed)
     masked = np.full_like(labels, UNLABELLED)
     masked[labelled] = labels[labelled]
-    student_data = replace(job.data, train=ArrayDataset(inputs, masked))
+    pool = unlabelled_inputs(mode, config.seed, inputs.shape[1:]) if mode.unlabelled is not None else None
+    if pool is not None:
+        inputs_all = np.concatenate([inputs, pool.astype(inputs.dtype)])
+        masked = np.concatenate([masked, np.full(len(pool), UNLABELLED, dtype=masked.dtype)])
+    else:
+        inputs_all = inputs
+    student_data = replace(job.data, train=ArrayDataset(inputs_all, masked))
     labelled_data = replace(job.data, train=ArrayDataset(inputs[labelled], labels[labelled]))
     teacher, teacher_spec = job.teacher("transfer_set")
     teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train,
@@ -61,4 +67,26 @@ def run(job: ModeRun, student, mode: TransferSetMode) -> RunResult:
     trained = job.stage("student", student, config.student.model, objective=Objective(config.objective),
                         seed=config.seed, teacher=teacher, data=student_data)
     return job.finish({"teacher": teacher, "baseline": baseline, "student": trained},
-                      extra={"labelled": int(len(labelled)), "unlabelled": int(len(labels) - len(labelled))})
+                      extra={"labelled": int(len(labelled)), "unlabelled": int(len(masked) - len(labelled)),
+                             "unlabelled_pool": 0 if pool is None else int(len(pool))})
+
+
+def unlabelled_inputs(mode: TransferSetMode, seed: int, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The extra unlabelled inputs of ``mode.unlabelled``, checked against the run's input shape."""
+    from distill.data import load_builtin
+    from distill.data.files import load_unlabelled_inputs
+
+    spec = mode.unlabelled
+    assert spec is not None
+    if spec.dataset is not None:
+        pool = load_builtin(spec.dataset, seed=seed).train_x
+        where = f"mode.unlabelled.dataset {spec.dataset!r}"
+    else:
+        pool = load_unlabelled_inputs(spec.path, features=spec.features, format=spec.format)  # type: ignore[arg-type]
+        where = f"mode.unlabelled.path {spec.path}"
+    if tuple(pool.shape[1:]) != tuple(input_shape):
+        raise DistillError(f"{where}: inputs of shape {tuple(pool.shape[1:])}, and the run's training inputs are "
+                           f"{tuple(input_shape)}; the teacher and student can only label inputs like their own")
+    if len(pool) == 0:
+        raise DistillError(f"{where} holds no rows")
+    return pool[: spec.max_samples] if spec.max_samples else pool
