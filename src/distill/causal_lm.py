@@ -154,12 +154,12 @@ def spec_context(spec: Any) -> int | None:
     if isinstance(spec, HFConfigSpec):
         value = spec.config.get("max_position_embeddings")
         return int(value) if isinstance(value, int) else None
-    if isinstance(spec, HFSpec) and Path(resolve_hf_path(spec.name_or_path)).is_dir():
+    folder = resolve_hf_path(spec.name_or_path) if isinstance(spec, HFSpec) else None
+    if folder is not None and Path(folder).is_dir():
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(resolve_hf_path(spec.name_or_path),
-                                                trust_remote_code=spec.trust_remote_code)
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
         except (OSError, ValueError):
             return None  # loading the model itself reports what is wrong with the folder
         return getattr(config, "max_position_embeddings", None)

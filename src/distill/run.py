@@ -282,9 +282,7 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
             load_weights(teacher, config.teacher.weights)
     _check_outputs({"teacher": teacher}, data)
     if language_model:
-        from distill.causal_lm import check_context
-
-        from distill.causal_lm import spec_context
+        from distill.causal_lm import check_context, spec_context
 
         check_context(teacher, "teacher", config.data.max_length)
         if student is None and config.student.from_teacher is None:  # before a teacher trains for it

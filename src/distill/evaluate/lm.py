@@ -26,6 +26,7 @@ from distill.config import EvaluationConfig
 from distill.data.lm import IGNORE_INDEX
 from distill.data.tokens import collate_fn_of
 from distill.errors import DistillError
+from distill.evaluate.compare import first_batch
 from distill.evaluate.metrics import calibration_of_confidence, inherited_of_predictions
 from distill.models import count_parameters
 
@@ -55,8 +56,9 @@ class _Scores:
 
 @torch.no_grad()
 def score_models(models: dict[str, nn.Module], dataset: Dataset, *, batch_size: int = 16, chunk_size: int = 1024,
-                 vocab_size: int | None = None, device: str | torch.device = "cpu") -> dict[str, _Scores]:
-    """One pass over ``dataset`` running every model on each batch: summed next-token cross-entropy, top-1 ids
+                 vocab_size: int | None = None, device: str | torch.device = "cpu") -> tuple[dict[str, _Scores], Tensor]:
+    """One pass over ``dataset`` running every model on each batch, returning per model its sums and the
+    supervised next-token targets in scoring order. Per model: summed next-token cross-entropy, top-1 ids
     and their probabilities (over the first ``vocab_size`` logits) at every supervised position, forward time,
     and, when a ``teacher`` is among the models, each other model's summed forward KL(teacher || model) and
     JSD (beta 0.5) per position over the shared vocabulary: the teacher runs once for all students."""
@@ -68,6 +70,7 @@ def score_models(models: dict[str, nn.Module], dataset: Dataset, *, batch_size: 
         model.eval()
     scores = {name: _Scores() for name in models}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn_of(dataset))
+    all_targets: list[Tensor] = []
     try:
         for batch in loader:
             batch = {key: value.to(device) for key, value in batch.items()}
@@ -75,6 +78,7 @@ def score_models(models: dict[str, nn.Module], dataset: Dataset, *, batch_size: 
             flat_labels = labels.reshape(-1)
             rows = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
             targets = flat_labels.index_select(0, rows)
+            all_targets.append(targets.cpu())
             finals = {}
             for name, model in models.items():
                 started = time.perf_counter()
@@ -108,7 +112,7 @@ def score_models(models: dict[str, nn.Module], dataset: Dataset, *, batch_size: 
         for name, model in models.items():
             captures[name].remove()
             model.train(modes[name])
-    return scores
+    return scores, torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.long)
 
 
 def _shared_rows(student: Any, teacher: Any) -> int | None:
@@ -145,39 +149,35 @@ def evaluate_language_models(models: dict[str, nn.Module], test: Dataset, *, eva
     model_dirs = model_dirs or {}
     for model in models.values():
         model.to(device)
-    scores = score_models(models, test, batch_size=batch_size, vocab_size=vocab_size, device=device)
-    collate = collate_fn_of(test)
-    first = test[0]
-    block = {key: value.to(device) for key, value in (collate([first]) if collate else
-                                                      {k: v.unsqueeze(0) for k, v in first.items()}).items()}
-    targets = _targets(test)
+    scores, targets = score_models(models, test, batch_size=batch_size, vocab_size=vocab_size, device=device)
+    block = first_batch(test, 1, device)  # one test block at batch 1: the latency and peak-memory input
     metrics: dict[str, Any] = {"models": list(models)}
-    reliability: dict[str, dict[str, Any]] = {}
     details: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, Tensor] = {}
     for name, model in models.items():
         score = scores[name]
         loss = score.nll / max(score.count, 1)
-        top1 = torch.cat(score.top1) if score.top1 else torch.zeros(0, dtype=torch.long)
+        predictions[name] = torch.cat(score.top1) if score.top1 else torch.zeros(0, dtype=torch.long)
         confidence = torch.cat(score.confidence) if score.confidence else torch.zeros(0)
-        reliability[name] = calibration_of_confidence(confidence, top1 == targets, bins=evaluation.calibration_bins)
-        details[name] = {"reliability": reliability[name]}
+        reliability = calibration_of_confidence(confidence, predictions[name] == targets,
+                                                bins=evaluation.calibration_bins)
+        details[name] = {"reliability": reliability}
         metrics[name] = {"perplexity": round(math.exp(loss), 4), "loss": round(loss, 6),
                          "top1_accuracy": round(score.correct / max(score.count, 1), 6),
-                         "ece": round(reliability[name]["ece"], 6),
+                         "ece": round(reliability["ece"], 6),
                          "params": count_parameters(model),
                          "tokens_per_s": round(score.positions / max(score.seconds, 1e-9), 1),
                          **_cost(model, block, evaluation.latency_b1_runs, model_dirs.get(name))}
-        score.top1_all = top1  # type: ignore[attr-defined]
     metrics.update({"task": "language-modeling", "test_tokens": scores[next(iter(models))].count,
                     "test_examples": len(test), "threads": torch.get_num_threads(),  # type: ignore[arg-type]
                     "latency_protocol": f"one test block of {block['input_ids'].shape[1]} tokens at batch 1, "
                                         f"median and p95 of {evaluation.latency_b1_runs} runs after 5 warm-up runs"})
     if "teacher" in scores:
-        teacher_top1 = scores["teacher"].top1_all  # type: ignore[attr-defined]
+        teacher_top1 = predictions["teacher"]
         for name in models:
             if name == "teacher":
                 continue
-            score, top1 = scores[name], scores[name].top1_all  # type: ignore[attr-defined]
+            score, top1 = scores[name], predictions[name]
             inherited = inherited_of_predictions(top1, teacher_top1, targets)
             metrics[name].update({
                 "agreement": round(float((top1 == teacher_top1).float().mean()) if len(top1) else 0.0, 6),
@@ -197,13 +197,6 @@ def evaluate_language_models(models: dict[str, nn.Module], test: Dataset, *, eva
                                     if gap > 0 else None)
     metrics["details"] = details
     return metrics
-
-
-def _targets(dataset: Dataset) -> Tensor:
-    """The supervised next-token targets of ``dataset`` in scoring order."""
-    labels = [dataset[index]["labels"].reshape(-1) for index in range(len(dataset))]  # type: ignore[arg-type]
-    flat = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-    return flat[flat != IGNORE_INDEX]
 
 
 def print_lm_summary(metrics: dict[str, Any], run_dir: Path) -> None:

@@ -331,13 +331,32 @@ def _hard_label_targets(labels: Optional[Tensor], index: Optional[Tensor], n_row
         return None
     if labels is None:
         raise ValueError("hard_weight > 0 needs labels (the next-token targets)")
-    targets = labels.reshape(-1)
-    targets = targets.index_select(0, index.to(targets.device)) if index is not None else targets
+    targets = _supervised_targets(labels, index, vocab)
     if targets.numel() != n_rows:
         raise ValueError(f"labels give {targets.numel()} supervised tokens, the loss has {n_rows}")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ValueError(f"labels hold ids outside the vocabulary of {vocab}")
     return targets
+
+
+def _supervised_targets(labels: Tensor, index: Optional[Tensor], vocab: int, ignore_index: int = -100) -> Tensor:
+    """The labels at the supervised rows (``index``; all rows when None), checked to be vocabulary ids."""
+    targets = labels.reshape(-1)
+    targets = targets.index_select(0, index.to(targets.device)) if index is not None else targets
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+        raise ValueError(f"labels hold ids outside the vocabulary of {vocab} (or negative ids other than "
+                         f"ignore_index={ignore_index})")
+    return targets
+
+
+def _cross_entropy_rows(logits: Tensor, chunk_targets: Tensor, need_grad: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """Per-row next-token cross-entropy of a logits chunk and, if asked, its gradient w.r.t. the logits."""
+    log_probs = F.log_softmax(logits, dim=-1)
+    rows = -log_probs.gather(1, chunk_targets).squeeze(1)
+    if not need_grad:
+        return rows, None
+    # d/dz -log softmax(z)[y] = softmax(z) - onehot(y)
+    grad = log_probs.exp_()
+    grad.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1.0, dtype=grad.dtype))
+    return rows, grad
 
 
 def _with_hard_labels(chunk_loss: ChunkLoss, targets: Optional[Tensor], hard_weight: float) -> ChunkLoss:
@@ -350,13 +369,10 @@ def _with_hard_labels(chunk_loss: ChunkLoss, targets: Optional[Tensor], hard_wei
     def combined(start: int, end: int, student_logits: Tensor, need_grad: bool):
         rows, grad = chunk_loss(start, end, student_logits, need_grad)
         chunk_targets = targets[start:end].unsqueeze(1).to(student_logits.device)
-        log_probs = F.log_softmax(student_logits, dim=-1)
-        rows = rows + hard_weight * -log_probs.gather(1, chunk_targets).squeeze(1)
-        if grad is not None:  # d/dz -log softmax(z)[y] = softmax(z) - onehot(y)
-            ce_grad = log_probs.exp_()
-            ce_grad.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1.0, dtype=ce_grad.dtype))
+        ce_rows, ce_grad = _cross_entropy_rows(student_logits, chunk_targets, grad is not None)
+        if ce_grad is not None:
             grad.add_(ce_grad, alpha=hard_weight)
-        return rows, grad
+        return rows + hard_weight * ce_rows, grad
 
     return combined
 
@@ -773,22 +789,10 @@ def chunked_token_ce(
     flat_hidden = _flatten_hidden("hidden", hidden)
     _check_head("student", flat_hidden, weight, bias)
     index = _supervised_index(labels, flat_hidden.shape[0], ignore_index, flat_hidden.device)
-    targets = labels.reshape(-1).to(flat_hidden.device)
-    targets = targets.index_select(0, index) if index is not None else targets
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= weight.shape[0]):
-        raise ValueError(f"labels hold ids outside the vocabulary of {weight.shape[0]} (or negative ids other "
-                         f"than ignore_index={ignore_index})")
+    targets = _supervised_targets(labels.to(flat_hidden.device), index, weight.shape[0], ignore_index)
     inv_norm = 1.0 / _resolve_normalizer(normalizer, targets.numel())
 
     def chunk_loss(start: int, end: int, logits: Tensor, need_grad: bool):
-        chunk_targets = targets[start:end].unsqueeze(1)
-        log_probs = F.log_softmax(logits, dim=-1)
-        rows = -log_probs.gather(1, chunk_targets).squeeze(1)
-        if not need_grad:
-            return rows, None
-        # d/dz -log softmax(z)[y] = softmax(z) - onehot(y)
-        grad = log_probs.exp_()
-        grad.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1.0, dtype=grad.dtype))
-        return rows, grad
+        return _cross_entropy_rows(logits, targets[start:end].unsqueeze(1), need_grad)
 
     return _run_fused(flat_hidden, weight, bias, index, chunk_loss, chunk_size, inv_norm)
