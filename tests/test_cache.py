@@ -371,6 +371,9 @@ def test_cached_per_token_signals_reach_the_objective_padded_and_unmaskable_loss
                                                                      table[batch["input_ids"]][real])
     masked = Objective(ObjectiveConfig(terms=[{"loss": "cosine", "student": "hidden", "teacher": "hidden"}]))
     check_padding(masked, lambda signal: (cache, signal))  # cosine masks padding: allowed
-    unmasked = Objective(ObjectiveConfig(terms=[{"name": "mid", "loss": "hint", "student": "x", "teacher": "hidden"}]))
-    with pytest.raises(DistillError, match="'mid': loss 'hint' takes no mask"):
+    check_padding(Objective(ObjectiveConfig(terms=[{"loss": "hint", "student": "x", "teacher": "hidden"}])),
+                  lambda signal: (cache, signal))  # so does hint
+    unmasked = Objective(ObjectiveConfig(terms=[{"name": "rel", "loss": "similarity_preserving", "student": "x",
+                                                 "teacher": "hidden"}]))
+    with pytest.raises(DistillError, match="'rel': loss 'similarity_preserving' takes no mask"):
         check_padding(unmasked, lambda signal: (cache, signal))

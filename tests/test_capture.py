@@ -184,3 +184,46 @@ def test_from_teacher_out_of_range_fails_before_training(tmp_path):
     with pytest.raises(DistillError, match="Hugging Face"):
         array_data = RunData(train=sequences(), val=None, test=sequences(16, seed=1), input_shape=(1, 20), num_classes=3)
         distill.train(recipe, output=tmp_path / "run2", teacher=cnn([8]), data=array_data, show_progress=False)
+
+
+def test_frozen_student_modules_keep_their_weights_and_the_rest_trains(tmp_path):
+    import distill
+    from distill.run import RunData
+
+    teacher = tiny_bert(layers=4, seed=1)
+    recipe = {"name": "frozen", "data": {"dataset": "digits"}, "teacher": {},
+              "student": {"from_teacher": {"layers": [0, 3]}, "freeze": ["bert.embeddings.word_embeddings"]},
+              "objective": {"alpha": 0.5}, "training": {"max_steps": 3, "batch_size": 8, "lr": 0.01},
+              "evaluation": {"latency_runs": 5, "latency_batch_size": 4}}
+    data = RunData(train=Tokens(32), val=None, test=Tokens(8, offset=1000), input_shape=None, num_classes=3)
+    result = distill.train(recipe, output=tmp_path / "run", teacher=teacher, data=data, show_progress=False)
+    student_state, teacher_state = result.student.state_dict(), teacher.state_dict()
+    torch.testing.assert_close(student_state["bert.embeddings.word_embeddings.weight"],
+                               teacher_state["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+    moved = (student_state["bert.embeddings.position_embeddings.weight"]
+             - teacher_state["bert.embeddings.position_embeddings.weight"]).abs().max()
+    assert moved > 1e-4  # only the named module is frozen
+
+
+def test_freeze_of_an_unknown_module_names_the_field_and_close_names(tmp_path):
+    import distill
+    from distill.run import RunData
+
+    recipe = {"name": "bad", "data": {"dataset": "digits"}, "teacher": {},
+              "student": {"from_teacher": {"layers": [0, 3]}, "freeze": ["bert.embedding.word_embeddings"]},
+              "objective": {"alpha": 0.5}, "training": {"max_steps": 2, "batch_size": 8}}
+    data = RunData(train=Tokens(32), val=None, test=Tokens(8, offset=1000), input_shape=None, num_classes=3)
+    with pytest.raises(DistillError, match=r"student\.freeze.*bert\.embeddings\.word_embeddings"):
+        distill.train(recipe, output=tmp_path / "run", teacher=tiny_bert(layers=4), data=data, show_progress=False)
+    assert not (tmp_path / "run" / "student").exists()
+
+
+def test_token_state_hints_skip_padding_and_attention_map_hints_are_compared_whole():
+    kd = objective({"name": "hint", "loss": "hint", "student": "h", "teacher": "h"},
+                   {"name": "att", "loss": "hint", "student": "a", "teacher": "a"})
+    mask = torch.tensor([[1, 1, 0]])
+    student = {"h": torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]]), "a": torch.ones(1, 2, 3, 3)}
+    teacher = {"h": torch.tensor([[[1.0, 0.0], [0.0, 4.0], [0.0, 0.0]]]), "a": torch.zeros(1, 2, 3, 3)}
+    _, values = kd(student, teacher, None, attention_mask=mask)
+    assert values["hint"].item() == pytest.approx((4 + 9) / 4)  # the padded position's 9s never count
+    assert values["att"].item() == pytest.approx(1.0)  # a [B, H, T, T] map: every element, no [B, T] mask

@@ -71,6 +71,20 @@ def test_hint_loss_hand_computed():
     close(hint_loss(s, t, kind="smooth_l1", beta=4.0), (0 + 0.5 + 1.125 + 0) / 4)
 
 
+def test_hint_loss_with_mask_counts_only_selected_positions():
+    s = T([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])  # [B=1, T=3, D=2]; the last position is padding
+    t = T([[[1.0, 0.0], [0.0, 4.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    close(hint_loss(s, t, mask=mask), (0 + 4 + 9 + 0) / 4)  # the padding's 81 + 81 never counts
+    close(hint_loss(s, t, kind="l1", mask=mask), (0 + 2 + 3 + 0) / 4)
+    close(hint_loss(s, t, mask=torch.ones(1, 3)), hint_loss(s, t).item())
+    nothing = hint_loss(s.requires_grad_(), t, mask=torch.zeros(1, 3))
+    close(nothing, 0.0)
+    nothing.backward()  # still part of the graph: a batch of padding only does not break a step
+    with pytest.raises(ValueError, match="mask shape"):
+        hint_loss(s, t, mask=torch.ones(1, 2))
+
+
 def test_cosine_loss_hand_computed():
     s = T([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 2.0], [3.0, 0.0]]])
     t = T([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])

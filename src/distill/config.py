@@ -191,6 +191,8 @@ class StudentConfig(_Strict):
     model: ModelSpec | None = Field(None, description="architecture (None: passed from Python)")
     weights: str | None = None
     from_teacher: FromTeacherSpec | None = Field(None, description="derive the student from the teacher's layers")
+    freeze: list[str] = Field(default_factory=list, description="module paths whose parameters stay fixed, e.g. "
+                              "embeddings.word_embeddings (a large vocabulary table the teacher already trained)")
 
     @model_validator(mode="after")
     def _one_origin(self) -> "StudentConfig":
@@ -487,6 +489,13 @@ class Recipe(_Strict):
             raise ValueError("compress: int8 quantization and pruning are implemented for classifier students; a "
                              "causal-LM student is exported in float (quantize it with your inference runtime, e.g. "
                              "llama.cpp or torchao). Remove the compress section")
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_one_student(self) -> "Recipe":
+        if self.student.freeze and self.mode is not None:
+            raise ValueError(f"student.freeze is applied to the single student of a plain run; mode "
+                             f"{self.mode.kind!r} trains its own models. Remove student.freeze")
         return self
 
     def needs_teacher(self) -> bool:

@@ -28,6 +28,10 @@ class Term:
     options: dict[str, Any]
 
 
+# losses whose mask is [batch, tokens] of a [batch, heads, tokens, tokens] attention signal
+_QUERY_MASK_LOSSES = frozenset({"minilm_attention", "minilm_value_relation"})
+
+
 class Objective(nn.Module):
     def __init__(self, config: ObjectiveConfig):
         super().__init__()
@@ -68,11 +72,14 @@ class Objective(nn.Module):
     @staticmethod
     def _options(term: Term, student_signals: dict[str, Tensor], attention_mask: Tensor | None) -> dict[str, Any]:
         """The term's options, plus the batch's attention mask for token-level signals of losses that take one
-        (so padding never counts), unless the recipe set the mask itself."""
+        (so padding never counts), unless the recipe set the mask itself. Per-position losses (cosine, hint) get it
+        for [batch, tokens, features] signals only: an attention map [batch, heads, tokens, tokens] is compared
+        whole, except by the MiniLM losses, whose mask selects its query rows."""
         options = term.options
         student = student_signals.get(term.student_signal)
         if ("mask" in term.loss.options and "mask" not in options and attention_mask is not None
-                and student is not None and student.dim() >= 3 and student.shape[0] == attention_mask.shape[0]):
+                and student is not None and student.shape[0] == attention_mask.shape[0]
+                and (student.dim() == 3 or (student.dim() == 4 and term.loss.name in _QUERY_MASK_LOSSES))):
             options = {**options, "mask": attention_mask.bool()}
         return options
 

@@ -323,6 +323,10 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
                               vocab_size=vocab_size)
         if config.student.weights:
             load_weights(student, config.student.weights)
+    if config.student.freeze:
+        from distill.models import freeze_modules
+
+        freeze_modules(student, config.student.freeze)
     _check_outputs({"teacher": teacher, "student": student}, data)
     if language_model:
         check_context(student, "student", config.data.max_length)

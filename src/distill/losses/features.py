@@ -96,6 +96,7 @@ def hint_loss(
     *,
     kind: str = "mse",
     beta: float = 1.0,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     """FitNets hint loss (Romero et al., 2015, "FitNets: Hints for Thin Deep Nets").
 
@@ -109,12 +110,26 @@ def hint_loss(
         kind: ``"mse"`` (squared error, the paper's choice), ``"l1"`` or
             ``"smooth_l1"`` (Huber with threshold ``beta``).
         beta: threshold of ``smooth_l1``; ignored otherwise.
+        mask: optional boolean (or 0/1) tensor of shape ``student_features.shape[:-1]``, e.g. the attention mask
+            ``[B, T]`` of token states: only the elements of selected positions count (padding carries no hint,
+            and a teacher cache does not store it).
 
     Returns:
-        0-dim tensor: the elementwise distance **averaged over all elements**
-        (the paper writes ``1/2 ||u - r||^2``; we use the mean, not the half sum).
+        0-dim tensor: the elementwise distance **averaged over all (selected) elements**
+        (the paper writes ``1/2 ||u - r||^2``; we use the mean, not the half sum). 0 if the mask selects nothing.
     """
-    return _matched_distance("hint_loss", student_features, teacher_features, kind, beta)
+    name = "hint_loss"
+    if mask is None:
+        return _matched_distance(name, student_features, teacher_features, kind, beta)
+    _check_kind(name, kind, _DISTANCE_KINDS)
+    _check_same_shape(name, student_features, teacher_features)
+    _check_mask(name, mask, tuple(student_features.shape[:-1]), "positions (student_features.shape[:-1])")
+    if kind == "smooth_l1":
+        _check_positive(name, "beta", beta)
+    selected = mask.to(torch.bool)
+    # Only real positions enter the distance, so padding rows (zeros from a cache) cannot move the student.
+    return _elementwise_distance(student_features[selected], teacher_features.detach()[selected], kind, beta) \
+        if bool(selected.any()) else student_features.sum() * 0.0
 
 
 def cosine_loss(
