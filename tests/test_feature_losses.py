@@ -24,6 +24,7 @@ from distill.losses.features import (
 from distill.losses.relations import (
     attention_map_loss,
     crd_in_batch,
+    similarity_kl,
     dkd,
     minilm_attention_kl,
     minilm_value_relation,
@@ -184,6 +185,31 @@ def test_crd_in_batch_hand_computed():
     close(crd_in_batch(s, t, temperature=0.5), (-ln(math.e**2 / (math.e**2 + 1)) + ln(2)) / 2)
 
 
+def test_similarity_kl_hand_computed():
+    r = 1 / math.sqrt(2)
+    t = T([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])  # normalised: (1, 0), (0, 1), (r, r)
+    s = T([[5.0, 0.0], [1.0, 0.0], [0.0, 2.0]])  # normalised: (1, 0), (1, 0), (0, 1)
+
+    def softmax(logits):
+        total = sum(math.exp(value) for value in logits)
+        return [math.exp(value) / total for value in logits]
+
+    def kl(p, q):
+        return sum(a * ln(a / b) for a, b in zip(p, q))
+
+    # row i compares similarities to the other two teacher embeddings (T = 1):
+    row0 = kl(softmax([0.0, r]), softmax([0.0, r]))  # s0 = t0: nothing to learn
+    row1 = kl(softmax([0.0, r]), softmax([1.0, r]))  # to t0, t2
+    row2 = kl(softmax([r, r]), softmax([0.0, 1.0]))  # to t0, t1
+    close(similarity_kl(s, t, temperature=1.0), (row0 + row1 + row2) / 3)
+    assert row0 == 0 and row1 > 0 and row2 > 0
+    # temperature 0.5 doubles every logit
+    close(similarity_kl(s, t, temperature=0.5),
+          (kl(softmax([0.0, 2 * r]), softmax([2.0, 2 * r])) + kl(softmax([2 * r, 2 * r]), softmax([0.0, 2.0]))) / 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        similarity_kl(s[:1], t[:1])
+
+
 def test_dkd_hand_computed():
     # one sample, 3 classes, label 0; T=1 so softmax gives the probabilities directly
     t = T([[ln(2), 0.0, 0.0]])  # p_t = [1/2, 1/4, 1/4]
@@ -291,6 +317,7 @@ CASES = {
     "rkd_angle": (rkd_angle, _rand(4, 3), _rand(4, 5, seed=1), (), {}, True),
     "crd": (crd_in_batch, _rand(3, 4), _rand(3, 4, seed=1), (), {"temperature": 0.5}, None),
     "crd_symmetric": (crd_in_batch, _rand(3, 4), _rand(3, 4, seed=1), (), {"temperature": 0.5, "symmetric": True}, None),
+    "similarity_kl": (similarity_kl, _rand(4, 3), _rand(4, 3, seed=1), (), {"temperature": 0.5}, True),
     "dkd": (dkd, _rand(3, 4), _rand(3, 4, seed=1), (LABELS,), {}, True),
     "minilm_attention": (minilm_attention_kl, _probs(2, 2, 3, 3), _probs(2, 2, 3, 3, seed=1), (), {}, True),
     "minilm_attention_masked": (

@@ -82,6 +82,7 @@ for _name, _fn in {
     "rkd_distance": relations.rkd_distance,
     "rkd_angle": relations.rkd_angle,
     "crd": relations.crd_in_batch,
+    "similarity_kl": relations.similarity_kl,
     "dkd": relations.dkd,
     "minilm_attention": relations.minilm_attention_kl,
     "minilm_value_relation": relations.minilm_value_relation,

@@ -162,6 +162,44 @@ def crd_in_batch(
     return loss
 
 
+def similarity_kl(
+    student_embeddings: Tensor,
+    teacher_embeddings: Tensor,
+    *,
+    temperature: float = 0.05,
+) -> Tensor:
+    """Neighbour-distribution distillation with in-batch anchors (after SEED, Fang et al., 2021, and CompRess,
+    Abbasi Koohpayegani et al., 2020, which use a queue of teacher embeddings as anchors).
+
+    Each sample's similarities to the *other* samples' teacher embeddings, as a softmax over the batch, must match
+    the teacher's own: ``p_teacher[i] = softmax_j(t_i . t_j / T)`` and ``p_student[i] = softmax_j(s_i . t_j / T)``
+    over ``j != i`` (the self-similarity would dominate and turn this into instance discrimination, CRD). A small
+    temperature puts the weight on each sample's nearest neighbours, i.e. on what a retrieval ranking depends on,
+    not on the direction all embeddings share.
+
+    Args:
+        student_embeddings: ``[N, D]`` (project to the teacher's dimension first), ``N >= 2``.
+        teacher_embeddings: ``[N, D]``; detached. Both are L2-normalised here.
+        temperature: softmax temperature ``> 0``.
+
+    Returns:
+        0-dim tensor: ``KL(p_teacher || p_student)`` averaged over the N rows.
+    """
+    name = "similarity_kl"
+    _check_embeddings(name, student_embeddings, teacher_embeddings, same_dim=True)
+    _check_positive(name, "temperature", temperature)
+    if student_embeddings.shape[0] < 2:
+        raise ValueError(f"{name}: needs at least 2 samples in the batch, got {student_embeddings.shape[0]}")
+    s = F.normalize(student_embeddings, p=2, dim=1)
+    t = F.normalize(teacher_embeddings.detach(), p=2, dim=1)
+    others = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    rows = s.shape[0]
+    teacher_logits = (t @ t.t() / temperature)[others].view(rows, rows - 1)
+    student_logits = (s @ t.t() / temperature)[others].view(rows, rows - 1)
+    return F.kl_div(F.log_softmax(student_logits, dim=1), F.log_softmax(teacher_logits, dim=1), log_target=True,
+                    reduction="batchmean")
+
+
 # --------------------------------------------------------------------------- DKD
 
 
