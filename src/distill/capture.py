@@ -90,6 +90,13 @@ def _first_tensor(value: Any) -> Tensor:
     raise DistillError(f"captured value of type {type(value).__name__} holds no tensor")
 
 
+
+def closest_module_names(path: str, module_names: Any) -> str:
+    """The model's module names nearest to a path that does not exist (its first ones when none is near)."""
+    names = list(module_names)
+    close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
+    return ", ".join(close) if close else ", ".join(names[1:8]) + ", ..."
+
 class SignalCapture:
     """Reads the named signals of one model on each forward pass."""
 
@@ -103,10 +110,8 @@ class SignalCapture:
             if spec.kind != "module":
                 continue
             if spec.path not in module_names:
-                close = difflib.get_close_matches(spec.path or "", list(module_names), n=5, cutoff=0.5)
-                listing = ", ".join(close) if close else ", ".join(list(module_names)[1:8]) + ", ..."
                 raise DistillError(f"the {role} has no module {spec.path!r} (signal {spec.name!r}); closest module "
-                                   f"names: {listing}")
+                                   f"names: {closest_module_names(spec.path or '', module_names)}")
             self._handles.append(module_names[spec.path].register_forward_hook(self._hook(spec)))
 
     @property

@@ -7,7 +7,6 @@ Built-in models are rebuilt from their spec, so an exported built-in model is ``
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from pathlib import Path
@@ -233,26 +232,21 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
                            f"unexpected {sorted(unexpected)[:5]}")
 
 
-def freeze_modules(model: nn.Module, paths: list[str], *, role: str = "student") -> int:
-    """Keep the parameters under these module paths fixed during training; returns how many values are frozen.
-    Frozen parameters never reach the optimizer (it takes only ``requires_grad`` ones), so they cost no AdamW state."""
+def freeze_modules(model: nn.Module, paths: list[str], *, role: str = "student") -> None:
+    """Keep the parameters under these module paths fixed during training. Frozen parameters never reach the
+    optimizer (it takes only ``requires_grad`` ones), so they cost no AdamW state."""
+    from distill.capture import closest_module_names
+
     modules = dict(model.named_modules())
-    frozen = 0
     for path in paths:
         if path not in modules:
-            close = difflib.get_close_matches(path, list(modules), n=5, cutoff=0.5)
-            listing = ", ".join(close) if close else ", ".join(list(modules)[1:8]) + ", ..."
-            raise DistillError(f"{role}.freeze: the {role} has no module {path!r}; closest module names: {listing}")
-        parameters = list(modules[path].parameters())
-        if not parameters:
+            raise DistillError(f"{role}.freeze: the {role} has no module {path!r}; closest module names: "
+                               f"{closest_module_names(path, modules)}")
+        if not any(True for _ in modules[path].parameters()):
             raise DistillError(f"{role}.freeze: module {path!r} of the {role} has no parameters")
-        for parameter in parameters:
-            if parameter.requires_grad:
-                frozen += parameter.numel()
-            parameter.requires_grad_(False)
+        modules[path].requires_grad_(False)
     if paths and not any(parameter.requires_grad for parameter in model.parameters()):
         raise DistillError(f"{role}.freeze: {paths} leave the {role} nothing to train")
-    return frozen
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -121,15 +121,14 @@ def hint_loss(
     name = "hint_loss"
     if mask is None:
         return _matched_distance(name, student_features, teacher_features, kind, beta)
-    _check_kind(name, kind, _DISTANCE_KINDS)
     _check_same_shape(name, student_features, teacher_features)
     _check_mask(name, mask, tuple(student_features.shape[:-1]), "positions (student_features.shape[:-1])")
-    if kind == "smooth_l1":
-        _check_positive(name, "beta", beta)
     selected = mask.to(torch.bool)
+    if not bool(selected.any()):  # the mean over no element would be NaN
+        _matched_distance(name, student_features, teacher_features, kind, beta)  # still reject bad options
+        return student_features.sum() * 0.0
     # Only real positions enter the distance, so padding rows (zeros from a cache) cannot move the student.
-    return _elementwise_distance(student_features[selected], teacher_features.detach()[selected], kind, beta) \
-        if bool(selected.any()) else student_features.sum() * 0.0
+    return _matched_distance(name, student_features[selected], teacher_features[selected], kind, beta)
 
 
 def cosine_loss(
