@@ -164,3 +164,18 @@ def test_report_takes_a_language_model_run_with_perplexity(tmp_path):
     assert "| distilled student | 18.00 |" in result.markdown.read_text()
     # the notes describe what an LM run measured, not the classifier's batch-1 protocol it never ran
     assert "on 4096 held-out tokens" in result.markdown.read_text() and " of ? timed" not in result.markdown.read_text()
+
+
+def test_a_student_below_its_baseline_is_said_with_the_shortfall(tmp_path, capsys):
+    from distill.evaluate.report import baseline_warning, print_summary
+
+    below = {"teacher": {"accuracy": 0.92}, "baseline": {"accuracy": 0.711}, "student": {"accuracy": 0.630}}
+    warning = baseline_warning(below)
+    assert warning is not None and "8.1 points below" in warning and "objective.temperature" in warning
+    # within the tolerance (one point by default), above the baseline, or without a baseline: nothing to say
+    assert baseline_warning({**below, "student": {"accuracy": 0.705}}) is None
+    assert baseline_warning({**below, "student": {"accuracy": 0.75}}) is None
+    assert baseline_warning({"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.5}}) is None
+    assert baseline_warning({**below, "student": {"accuracy": 0.705}}, tolerance=0.001) is not None
+    print_summary({**below, "gap_recovered": -0.39}, tmp_path)
+    assert "8.1 points below" in " ".join(capsys.readouterr().out.split())

@@ -80,12 +80,32 @@ def _embedding_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def baseline_warning(metrics: dict[str, Any], *, tolerance: float = 0.01) -> str | None:
+    """Said plainly when the distilled student's accuracy is more than ``tolerance`` below the same student trained on
+    labels alone, with what usually helps; None otherwise (or without a baseline)."""
+    student, baseline = metrics.get("student") or {}, metrics.get("baseline") or {}
+    if student.get("accuracy") is None or baseline.get("accuracy") is None:
+        return None
+    shortfall = baseline["accuracy"] - student["accuracy"]
+    if shortfall <= tolerance:
+        return None
+    # Why this advice: on small students and short schedules, soft targets at a high temperature and alpha cost
+    # up to 8 points and the cost shrinks with the schedule (docs/benchmarks.md, the KD temperature/alpha sweep).
+    return (f"the distilled student is {100 * shortfall:.1f} points below the same student trained on labels alone. "
+            "One seed proves little: compare over seeds (`distill sweep RECIPE --seeds 3`). Small students on short "
+            "schedules often lose to soft targets at a high temperature or soft-term weight: try a lower one (e.g. "
+            "`--grid objective.temperature=1,2`), or more epochs.")
+
+
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     console = Console()
     console.print(summary_table(metrics))
     if metrics.get("gap_recovered") is not None:
         console.print(f"gap recovered: {metrics['gap_recovered']:.1%}  "
                       "(baseline errors - student errors) / (baseline errors - teacher errors)")
+    warning = baseline_warning(metrics)
+    if warning is not None:
+        console.print(f"[yellow]note:[/yellow] {warning}", markup=True)
     if "speedup" in metrics:
         console.print(f"student is {metrics['compression']:.1f}x smaller and {metrics['speedup']:.1f}x faster "
                       f"than the teacher ({metrics['threads']} threads)")
