@@ -15,6 +15,9 @@ cache it trained from (only its sentence embeddings, `mean_pooled`, are read).
 - windows: the untrained derived student trained for one epoch of steps on the embedding cosine, on the verses
   (teacher from the cache) or on random word windows of 6-45 words cut across consecutive verses (teacher live):
   does more varied text help at equal steps?
+- speed: encoding throughput of untrained students derived with 2 and 3 layers, over the teacher's (held-out verses,
+  batch 64, one thread, teacher and students alternating for --speed-rounds rounds): could a deeper student keep
+  the 2.5x goal? (This probe needs neither --student nor --cache.)
 """
 
 from __future__ import annotations
@@ -241,27 +244,53 @@ def probe_windows(setting: Setting, embeddings: Tensor, args) -> dict:
     return results
 
 
+def probe_speed(setting: Setting, rounds: int) -> dict:
+    import statistics
+
+    from distill.derive import derive_student
+    from distill.evaluate.embedding import encode
+
+    students = {"2 layers [0, 5]": derive_student(setting.teacher, [0, 5]).eval(),
+                "3 layers [0, 3, 5]": derive_student(setting.teacher, [0, 3, 5]).eval()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the encoder benchmark measures its throughput
+    encode(setting.teacher, setting.data.test)  # warm-up
+    ratios: dict[str, list[float]] = {name: [] for name in students}
+    for _ in range(rounds):
+        teacher_speed = encode(setting.teacher, setting.data.test)[1]
+        for name, student in students.items():
+            ratios[name].append(encode(student, setting.data.test)[1] / teacher_speed)
+    torch.set_num_threads(threads)
+    return {name: {"throughput_ratio": statistics.fmean(values), "throughput_ratio_std": statistics.stdev(values),
+                   "values": values} for name, values in ratios.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--student", required=True, help="a trained distilbert-style student folder")
-    parser.add_argument("--cache", required=True, help="the distilbert-style teacher cache")
+    parser.add_argument("--student", help="a trained distilbert-style student folder (fit, linear, relations)")
+    parser.add_argument("--cache", help="the distilbert-style teacher cache (relations, windows)")
     parser.add_argument("--probes", default="fit,linear,relations,windows")
     parser.add_argument("--relation-steps", type=int, default=400)
     parser.add_argument("--window-steps", type=int, default=949, help="one epoch of 32 verses")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed-rounds", type=int, default=5)
     parser.add_argument("--name", default="encoder_ceiling")
     args = parser.parse_args()
     from transformers import AutoModel
 
     torch.set_num_threads(args.threads)
     probes = [probe.strip() for probe in args.probes.split(",")]
-    unknown = set(probes) - {"fit", "linear", "relations", "windows"}
+    unknown = set(probes) - {"fit", "linear", "relations", "windows", "speed"}
     if unknown:
-        raise SystemExit(f"--probes: unknown {sorted(unknown)}; choose from fit, linear, relations, windows")
+        raise SystemExit(f"--probes: unknown {sorted(unknown)}; choose from fit, linear, relations, windows, speed")
+    if {"fit", "linear", "relations"} & set(probes) and not args.student:
+        raise SystemExit("--student: the fit, linear and relations probes need a trained student folder")
+    if {"relations", "windows"} & set(probes) and not args.cache:
+        raise SystemExit("--cache: the relations and windows probes need the distilbert-style teacher cache")
     setting = Setting()
-    trained = AutoModel.from_pretrained(args.student).eval()
+    trained = AutoModel.from_pretrained(args.student).eval() if args.student else None
     embeddings = cached_embeddings(Path(args.cache), len(setting.texts)) if {"relations", "windows"} & set(probes) \
         else None
     results: dict = {"student": args.student, "seed": args.seed}
@@ -273,6 +302,8 @@ def main() -> None:
         results["relations"] = probe_relations(setting, args.student, embeddings, args)
     if "windows" in probes:
         results["windows"] = probe_windows(setting, embeddings, args)
+    if "speed" in probes:
+        results["speed"] = probe_speed(setting, args.speed_rounds)
     table = Table(title="MiniLM-L6 -> 2 layers: where the student's error sits (seed "
                         f"{args.seed}; cosine / top-10 overlap with the teacher)")
     for column in ("probe", "variant", "cosine", "top-10 overlap"):
@@ -280,6 +311,9 @@ def main() -> None:
     for probe in ("fit", "linear", "relations", "windows"):
         for variant, row in results.get(probe, {}).items():
             table.add_row(probe, variant, f"{row['cosine']:.4f}", f"{row['overlap']:.3f}")
+    for variant, row in results.get("speed", {}).items():
+        table.add_row("speed", f"{variant}: throughput vs teacher",
+                      f"{row['throughput_ratio']:.2f} ± {row['throughput_ratio_std']:.2f}x", "")
     Console().print(table)
     write_results(args.name, results)
 
