@@ -36,7 +36,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from common import write_results  # noqa: E402
@@ -55,18 +54,11 @@ def cross_similarity_mse(student_embeddings: Tensor, teacher_embeddings: Tensor)
 
 
 def cached_embeddings(cache: Path, size: int) -> Tensor:
-    """The teacher's unit sentence embeddings of every training verse, in dataset order, from the cache shards."""
-    from distill.cache.format import read_metadata, values_key
+    """The teacher's unit sentence embeddings of every training verse, in dataset order, read from the cache."""
+    from distill.cache.read import TeacherCache
 
-    metadata = read_metadata(cache)
-    embeddings = torch.full((size, 0), 0.0)
-    for shard in metadata["splits"]["train"]["shards"]:
-        tensors = load_file(str(cache / shard["file"]))
-        values = tensors[values_key("mean_pooled")].float()
-        if embeddings.shape[1] == 0:
-            embeddings = torch.zeros(size, values.shape[1])
-        embeddings[tensors["sample_ids"].long()] = values
-    return F.normalize(embeddings, dim=-1)
+    train = TeacherCache(cache, splits=["train"]).split("train")
+    return F.normalize(train.read(torch.arange(size), ["mean_pooled"])["mean_pooled"].float(), dim=-1)
 
 
 class Setting:
@@ -91,9 +83,10 @@ class Setting:
 
     @staticmethod
     def pooled(model: torch.nn.Module, tokens: dict[str, Tensor]) -> Tensor:
-        states = model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
-        return F.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
+        """The unit sentence embedding, pooled as the recipe's `mean_pooled` signal is in training and evaluation."""
+        from distill.capture import SignalCapture
+
+        return F.normalize(SignalCapture(model, {"mean_pooled"}).forward(model, dict(tokens))["mean_pooled"], dim=-1)
 
     @torch.no_grad()
     def encode(self, model: torch.nn.Module, texts: list[str], batch_size: int = 64) -> Tensor:
@@ -104,16 +97,18 @@ class Setting:
         model.train(was_training)
         return embeddings
 
-    def fidelity(self, student: torch.nn.Module, texts: list[str] | None = None,
-                 teacher_embeddings: Tensor | None = None) -> dict[str, float]:
-        from distill.evaluate.embedding import embedding_cosine, neighbour_overlap
-
+    def fidelity(self, student: torch.nn.Module, texts: list[str] | None = None) -> dict[str, float]:
+        """Cosine and top-10 overlap of the student with the teacher on ``texts`` (default: the held-out verses)."""
         if texts is None:
-            texts, teacher_embeddings = self.data.test.texts, self.test_embeddings
-        teacher_embeddings = teacher_embeddings if teacher_embeddings is not None else self.encode(self.teacher, texts)
-        student_embeddings = self.encode(student, texts)
-        return {"cosine": round(embedding_cosine(student_embeddings, teacher_embeddings), 4),
-                "overlap": round(neighbour_overlap(student_embeddings, teacher_embeddings), 3)}
+            return fidelity_of(self.encode(student, self.data.test.texts), self.test_embeddings)
+        return fidelity_of(self.encode(student, texts), self.encode(self.teacher, texts))
+
+
+def fidelity_of(student_embeddings: Tensor, teacher_embeddings: Tensor) -> dict[str, float]:
+    from distill.evaluate.embedding import embedding_cosine, neighbour_overlap
+
+    return {"cosine": round(embedding_cosine(student_embeddings, teacher_embeddings), 4),
+            "overlap": round(neighbour_overlap(student_embeddings, teacher_embeddings), 3)}
 
 
 def probe_fit(setting: Setting, student: torch.nn.Module, seed: int) -> dict:
@@ -124,8 +119,6 @@ def probe_fit(setting: Setting, student: torch.nn.Module, seed: int) -> dict:
 
 
 def probe_linear(setting: Setting, student: torch.nn.Module, seed: int, fit_size: int = 6000) -> dict:
-    from distill.evaluate.embedding import embedding_cosine, neighbour_overlap
-
     picked = torch.randperm(len(setting.texts), generator=torch.Generator().manual_seed(seed))[:fit_size].tolist()
     texts = [setting.texts[i] for i in picked]
 
@@ -133,14 +126,11 @@ def probe_linear(setting: Setting, student: torch.nn.Module, seed: int, fit_size
         return torch.cat([embeddings, torch.ones(len(embeddings), 1)], dim=1)
 
     inputs, targets = with_bias(setting.encode(student, texts)), setting.encode(setting.teacher, texts)
-    held_out = with_bias(setting.encode(student, setting.data.test.texts))
-    results = {"none": setting.fidelity(student)}
+    held_out = setting.encode(student, setting.data.test.texts)
+    results = {"none": fidelity_of(held_out, setting.test_embeddings)}
     for ridge in (1e-3, 1e-1, 1.0):
         weights = torch.linalg.solve(inputs.T @ inputs + ridge * torch.eye(inputs.shape[1]), inputs.T @ targets)
-        mapped = held_out @ weights
-        results[f"ridge_{ridge:g}"] = {
-            "cosine": round(embedding_cosine(mapped, setting.test_embeddings), 4),
-            "overlap": round(neighbour_overlap(mapped, setting.test_embeddings), 3)}
+        results[f"ridge_{ridge:g}"] = fidelity_of(with_bias(held_out) @ weights, setting.test_embeddings)
     return results
 
 

@@ -24,12 +24,12 @@ from distill.losses.features import (
 from distill.losses.relations import (
     attention_map_loss,
     crd_in_batch,
-    similarity_kl,
     dkd,
     minilm_attention_kl,
     minilm_value_relation,
     rkd_angle,
     rkd_distance,
+    similarity_kl,
 )
 
 D = torch.float64

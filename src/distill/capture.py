@@ -90,12 +90,12 @@ def _first_tensor(value: Any) -> Tensor:
     raise DistillError(f"captured value of type {type(value).__name__} holds no tensor")
 
 
-
 def closest_module_names(path: str, module_names: Any) -> str:
     """The model's module names nearest to a path that does not exist (its first ones when none is near)."""
     names = list(module_names)
     close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
     return ", ".join(close) if close else ", ".join(names[1:8]) + ", ..."
+
 
 class SignalCapture:
     """Reads the named signals of one model on each forward pass."""
