@@ -1,4 +1,4 @@
-"""Tests for distill.losses.features and distill.losses.relations.
+"""Tests for distill.losses.features and distill.losses.relations (and dkd, in distill.losses.logits).
 
 Every loss is checked against a value computed by hand on a tiny example (the
 arithmetic is written out next to each expected value), for zero loss when the
@@ -21,10 +21,10 @@ from distill.losses.features import (
     regression_kd,
     similarity_preserving,
 )
+from distill.losses.logits import dkd
 from distill.losses.relations import (
     attention_map_loss,
     crd_in_batch,
-    dkd,
     minilm_attention_kl,
     minilm_value_relation,
     rkd_angle,
@@ -86,6 +86,16 @@ def test_hint_loss_with_mask_counts_only_selected_positions():
         hint_loss(s, t, mask=torch.ones(1, 2))
 
 
+
+def test_hint_loss_with_mask_averages_over_the_selected_elements_of_the_whole_batch():
+    s = T([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]], [[2.0, 2.0], [7.0, 7.0], [7.0, 7.0]]])
+    t = T([[[1.0, 0.0], [0.0, 4.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # squared differences of the 3 selected positions (6 elements): 0, 4, 9, 0 and 4, 4
+    close(hint_loss(s, t, mask=mask), (0 + 4 + 9 + 0 + 4 + 4) / 6)
+
+
+
 def test_cosine_loss_hand_computed():
     s = T([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 2.0], [3.0, 0.0]]])
     t = T([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])
@@ -110,6 +120,16 @@ def test_attention_transfer_hand_computed():
     close(attention_transfer(s, t), ((a_s[0] - a_t[0]) ** 2 + (a_s[1] - a_t[1]) ** 2) / 2)
     # p=1: mean_c |F| = [(1+1)/2, (2+0)/2] = [1, 1] -> a_s = a_t -> 0
     close(attention_transfer(s, t, p=1), 0.0)
+
+
+
+def test_attention_transfer_is_the_mean_over_batch_by_hand():
+    s = T([[[[1.0, 2.0]], [[-1.0, 0.0]]], [[[0.0, 1.0]], [[0.0, 1.0]]]])  # [B=2, C=2, H=1, W=2]
+    t = T([[[[1.0, 1.0]]], [[[1.0, 0.0]]]])
+    first = (1 / math.sqrt(5) - 1 / math.sqrt(2)) ** 2 + (2 / math.sqrt(5) - 1 / math.sqrt(2)) ** 2
+    # sample 2: mean_c F^2 = [0, 1] -> a_s = [0, 1]; a_t = [1, 0]; squared difference 1 + 1
+    close(attention_transfer(s, t), (first + 2) / (2 * 2))
+
 
 
 def test_similarity_preserving_hand_computed():
@@ -137,6 +157,15 @@ def test_multilabel_kd_hand_computed():
     close(multilabel_kd(s, t), (kl_class0 + kl_class1) / 2)
     # T=2 with doubled logits gives the same probabilities; the loss is scaled by T^2 = 4
     close(multilabel_kd(2 * s, 2 * t, temperature=2.0), 4 * (kl_class0 + kl_class1) / 2)
+
+
+
+def test_multilabel_kd_is_the_mean_over_batch_and_classes_by_hand():
+    s = T([[0.0, ln(3)], [ln(3), ln(3)]])  # sigmoid: 1/2, 3/4 and 3/4, 3/4
+    t = T([[ln(3), 0.0], [0.0, 0.0]])  # sigmoid: 3/4, 1/2 and 1/2, 1/2
+    per_class = [bern_kl(0.75, 0.5), bern_kl(0.5, 0.75), bern_kl(0.5, 0.75), bern_kl(0.5, 0.75)]
+    close(multilabel_kd(s, t), sum(per_class) / 4)
+
 
 
 def test_rkd_distance_hand_computed():
@@ -254,6 +283,17 @@ def test_minilm_attention_kl_hand_computed():
     close(minilm_attention_kl(s2, t2, mask=mask2), (row0 + 0 + 0) / 3)
 
 
+
+def test_minilm_attention_kl_is_the_mean_over_heads_by_hand():
+    t = T([[[[0.5, 0.5], [1.0, 0.0]], [[0.3, 0.7], [0.6, 0.4]]]])  # [B=1, H=2, T=2, T=2]
+    s = T([[[[0.25, 0.75], [0.5, 0.5]], [[0.3, 0.7], [0.6, 0.4]]]])  # head 2 matches: KL 0
+    row0 = 0.5 * ln(0.5 / 0.25) + 0.5 * ln(0.5 / 0.75)
+    row1 = ln(2)
+    close(minilm_attention_kl(s, t), (row0 + row1 + 0 + 0) / 4)
+    close(minilm_attention_kl(s, t, mask=torch.tensor([[True, False]])), (row0 + 0) / 2)
+
+
+
 def test_minilm_value_relation_hand_computed():
     # B=1, T=2, 2 relation heads; student D=2 (d_head=1), teacher D=4 (d_head=2)
     s = T([[[1.0, 0.0], [0.0, 0.0]]])
@@ -270,6 +310,16 @@ def test_minilm_value_relation_hand_computed():
     close(minilm_value_relation(s_pad, t_pad, num_relation_heads=2, mask=mask), only_nonzero / 4)
 
 
+
+def test_minilm_value_relation_is_the_mean_over_batch_by_hand():
+    s = T([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])  # sample 2: all zeros, uniform relations
+    t = T([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    only_nonzero = bern_kl(sigmoid(math.sqrt(2)), sigmoid(1.0))
+    # one nonzero row among 2 samples x 2 heads x 2 queries
+    close(minilm_value_relation(s, t, num_relation_heads=2), only_nonzero / 8)
+
+
+
 def test_attention_map_loss_hand_computed():
     t = T([[[[0.5, 0.5], [1.0, 0.0]]]])
     s = T([[[[0.25, 0.75], [0.5, 0.5]]]])
@@ -281,6 +331,16 @@ def test_attention_map_loss_hand_computed():
 
 
 # --------------------------------------------------------------------------- generic properties
+
+
+
+def test_attention_map_loss_averages_over_heads_by_hand():
+    t = T([[[[0.5, 0.5], [1.0, 0.0]], [[0.3, 0.7], [0.6, 0.4]]]])  # [B=1, H=2, T=2, T=2]
+    s = T([[[[0.25, 0.75], [0.5, 0.5]], [[0.3, 0.7], [0.6, 0.4]]]])  # head 2 matches
+    close(attention_map_loss(s, t), (1 / 16 + 1 / 16 + 1 / 4 + 1 / 4) / 8)
+    row0 = 0.5 * ln(2) + 0.5 * ln(0.5 / 0.75)
+    close(attention_map_loss(s, t, kind="kl"), (row0 + ln(2)) / 4)
+
 
 
 def _g(seed):

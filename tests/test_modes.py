@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import distill
-import distill.modes.common as mode_common
+import distill.trainer as trainer
 from distill.capture import SignalCapture
 from distill.config import ObjectiveConfig, load_recipe
 from distill.data import ArrayDataset
@@ -57,14 +57,14 @@ def train(tmp_path, name="run", **sections):
 def recorded_stages(monkeypatch):
     """Every stage a regime trains: its name, the model it returned and the teacher it was trained against."""
     calls = []
-    original = mode_common._stage
+    original = trainer.fit
 
-    def record(name, model, *args, teacher=None, **kwargs):
-        result = original(name, model, *args, teacher=teacher, **kwargs)
-        calls.append({"name": name, "teacher": teacher, "model": result[0]})
+    def record(model, *args, stage, teacher=None, **kwargs):
+        result = original(model, *args, stage=stage, teacher=teacher, **kwargs)
+        calls.append({"name": stage, "teacher": teacher, "model": result.model})
         return result
 
-    monkeypatch.setattr(mode_common, "_stage", record)
+    monkeypatch.setattr(trainer, "fit", record)  # every training stage calls the trainer through its module
     return calls
 
 
@@ -293,13 +293,13 @@ def test_labelled_split_is_stratified_and_deterministic():
 
 def test_transfer_set_student_sees_only_a_fraction_of_the_labels(tmp_path, monkeypatch):
     seen = {}
-    original = mode_common._stage
+    original = trainer.fit
 
-    def record(name, model, spec, data, **kwargs):
-        seen[name] = data.train.labels.clone()
-        return original(name, model, spec, data, **kwargs)
+    def record(model, train_dataset, *, stage, **kwargs):
+        seen[stage] = train_dataset.labels.clone()
+        return original(model, train_dataset, stage=stage, **kwargs)
 
-    monkeypatch.setattr(mode_common, "_stage", record)
+    monkeypatch.setattr(trainer, "fit", record)
     result = train(tmp_path, mode={"kind": "transfer_set", "labelled_fraction": 0.25}, baseline=True)
     train_size = len(tiny_data().train)
     assert result.metrics["labelled"] == train_size // 4
@@ -319,13 +319,13 @@ def test_transfer_set_takes_a_pool_of_inputs_nobody_labelled(tmp_path, monkeypat
     import json as json_module
 
     seen = {}
-    original = mode_common._stage
+    original = trainer.fit
 
-    def record(name, model, spec, data, **kwargs):
-        seen[name] = (data.train.inputs.clone(), data.train.labels.clone())
-        return original(name, model, spec, data, **kwargs)
+    def record(model, train_dataset, *, stage, **kwargs):
+        seen[stage] = (train_dataset.inputs.clone(), train_dataset.labels.clone())
+        return original(model, train_dataset, stage=stage, **kwargs)
 
-    monkeypatch.setattr(mode_common, "_stage", record)
+    monkeypatch.setattr(trainer, "fit", record)
     pool = blobs(num_samples=40, num_features=FEATURES, num_classes=CLASSES, seed=9).inputs.numpy()
     file = tmp_path / "pool.jsonl"
     file.write_text("".join(json_module.dumps({"x": row.tolist()}) + "\n" for row in pool))

@@ -11,6 +11,7 @@ from torch.utils._pytree import tree_flatten
 
 from distill.losses.tokens import (
     DIVERGENCES,
+    chunked_token_ce,
     chunked_token_kd,
     chunked_token_kd_topk,
     dense_token_kd,
@@ -322,23 +323,36 @@ def test_chunked_bf16(divergence):
     torch.testing.assert_close(loss, exact, rtol=2e-2, atol=1e-3)
 
 
+def _small_problem(n, **kw):
+    """A problem small enough for gradcheck with every third token masked, so both supervised and masked tokens
+    pass through the chunks (``_problem``'s fixed masked range would cover all of a few tokens)."""
+    sh, sw, sb, th, tw, tb, labels = _problem(n=n, dtype=torch.float64, mask_every=0, **kw)
+    labels[::3] = -100
+    assert 0 < int((labels != -100).sum()) < n
+    return sh, sw, sb, th, tw, tb, labels
+
+
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"])
 def test_gradcheck_chunked(divergence):
-    sh, sw, sb, th, tw, tb, labels = _problem(n=7, hs=3, ht=4, v=6, dtype=torch.float64, seed=8, mask_every=3)
+    sh, sw, sb, th, tw, tb, labels = _small_problem(7, hs=3, ht=4, v=6, seed=8)  # tokens 1, 2, 4, 5 supervised
 
     def fn(h, w, b):
         return chunked_token_kd(h, w, th, tw, labels, student_bias=b, teacher_bias=tb, divergence=divergence,
                                 temperature=1.5, chunk_size=2)
 
+    assert fn(sh, sw, sb).item() > 1e-3  # a zero loss would make the check below vacuous
     assert torch.autograd.gradcheck(fn, (sh, sw, sb), eps=1e-6, atol=1e-7)
 
 
 def test_gradcheck_chunked_tv():
     # tv is non-smooth only where p_t == p_s for some token, which random inputs avoid
-    sh, sw, _, th, tw, _, labels = _problem(n=5, hs=3, ht=3, v=5, dtype=torch.float64, seed=9, bias=False)
-    assert torch.autograd.gradcheck(
-        lambda h, w: chunked_token_kd(h, w, th, tw, labels, divergence="tv", chunk_size=2), (sh, sw), eps=1e-7
-    )
+    sh, sw, _, th, tw, _, labels = _small_problem(5, hs=3, ht=3, v=5, seed=9, bias=False)  # tokens 1, 2, 4
+
+    def fn(h, w):
+        return chunked_token_kd(h, w, th, tw, labels, divergence="tv", chunk_size=2)
+
+    assert fn(sh, sw).item() > 1e-3  # a zero loss would make the check below vacuous
+    assert torch.autograd.gradcheck(fn, (sh, sw), eps=1e-7)
 
 
 def test_teacher_gets_no_gradient():
@@ -389,6 +403,36 @@ def test_gradient_accumulation_parity():
     for part in (slice(0, 4), slice(4, 8)):
         dense_token_kd(sh[part] @ w.T, th[part] @ tw.T, labels[part], normalizer=torch.tensor(total)).backward()
     torch.testing.assert_close(w.grad, one_w, rtol=1e-12, atol=1e-12)
+
+
+def _identity_head_tokens(*rows):
+    """Hidden states that are the logits themselves (identity head): one row of log-probabilities per token."""
+    return torch.tensor([[log(p) for p in row] for row in rows], dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_token_kd_is_the_mean_over_supervised_tokens_by_hand(divergence):
+    # token 0 compares P_S with P_T, token 1 the other way round (another value), token 2 is masked
+    sh, w = _identity_head_tokens(P_S, P_T, [0.1, 0.1, 0.8])
+    th, _ = _identity_head_tokens(P_T, P_S, [0.8, 0.1, 0.1])
+    labels = torch.tensor([0, 1, -100])
+    per_token = [_by_hand(divergence, P_S, P_T, 0.5, 0.1), _by_hand(divergence, P_T, P_S, 0.5, 0.1)]
+    for loss in (chunked_token_kd(sh, w, th, w, labels, divergence=divergence, chunk_size=2),
+                 dense_token_kd(sh, th, labels, divergence=divergence)):
+        assert loss.item() == pytest.approx(sum(per_token) / 2, rel=1e-12)
+    with_normalizer = chunked_token_kd(sh, w, th, w, labels, divergence=divergence, normalizer=4)
+    assert with_normalizer.item() == pytest.approx(sum(per_token) / 4, rel=1e-12)
+
+
+def test_hard_weight_adds_the_mean_next_token_cross_entropy_by_hand():
+    sh, w = _identity_head_tokens(P_S, P_T, [0.1, 0.1, 0.8])
+    th, _ = _identity_head_tokens(P_T, P_S, [0.8, 0.1, 0.1])
+    labels = torch.tensor([2, 0, -100])
+    kd = (_kl(P_T, P_S) + _kl(P_S, P_T)) / 2
+    ce = (-log(P_S[2]) - log(P_T[0])) / 2  # the student's probability of each label
+    assert chunked_token_ce(sh, w, labels).item() == pytest.approx(ce, rel=1e-12)
+    combined = chunked_token_kd(sh, w, th, w, labels, hard_weight=0.5, chunk_size=2)
+    assert combined.item() == pytest.approx(kd + 0.5 * ce, rel=1e-12)
 
 
 def test_no_supervised_tokens_gives_zero():
@@ -485,6 +529,24 @@ def test_topk_hand_value_v4_k2():
     expected2 = 4.0 * (p2[0] * log(p2[0] / q2[0]) + p2[1] * log(p2[1] / q2[1]) + p2[2] * log(p2[2] / (q2[2] + q2[3])))
     got2 = chunked_token_kd_topk(sh, w, lp, ids, temperature=2.0)
     assert got2.item() == pytest.approx(expected2, rel=1e-12)
+
+
+def _bucket_kl(z, top_probs, ids):
+    """Forward KL between the teacher's top-k-plus-tail buckets and the student's softmax(z) bucketed alike."""
+    q = _softmax(z, 1.0)
+    p_tail, q_tail = 1 - sum(top_probs), 1 - sum(q[i] for i in ids)
+    return sum(p * log(p / q[i]) for p, i in zip(top_probs, ids)) + p_tail * log(p_tail / q_tail)
+
+
+def test_topk_is_the_mean_over_supervised_tokens_by_hand():
+    z = [[0.1, 0.4, -0.3, 0.2], [1.0, -1.0, 0.0, 0.5], [9.0, 9.0, 9.0, 9.0]]  # the third token is masked
+    top = [[0.5, 0.3], [0.6, 0.1], [0.9, 0.05]]
+    ids = [[1, 0], [0, 3], [2, 1]]
+    sh, w = torch.tensor(z, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    lp = torch.tensor(top, dtype=torch.float64).log()
+    got = chunked_token_kd_topk(sh, w, lp, torch.tensor(ids), torch.tensor([0, 0, -100]), chunk_size=2)
+    expected = (_bucket_kl(z[0], top[0], ids[0]) + _bucket_kl(z[1], top[1], ids[1])) / 2
+    assert got.item() == pytest.approx(expected, rel=1e-12)
 
 
 def _topk_problem(n=29, h=10, v=24, dtype=torch.float64, seed=14):

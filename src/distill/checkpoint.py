@@ -55,7 +55,7 @@ def set_rng_state(state: dict[str, Tensor]) -> None:
     random.setstate((version, tuple(int(value) for value in state["python"]), gauss_next))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError:
@@ -105,7 +105,7 @@ def save_checkpoint(directory: Path, *, step: int, model: nn.Module, optimizer: 
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         for old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()

@@ -39,11 +39,18 @@ def main() -> None:
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="run directory (default: runs/<recipe name>)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --output from its last checkpoint")
 @click.option("--quiet", is_flag=True, help="no progress bars or table")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="print the stages RECIPE will run, in order, with what each reads and writes; run nothing")
 @_friendly
-def train(recipe: str, overrides: tuple[str, ...], output: str | None, resume: bool, quiet: bool) -> None:
+def train(recipe: str, overrides: tuple[str, ...], output: str | None, resume: bool, quiet: bool,
+          show_plan: bool) -> None:
     """Train a student as RECIPE says (a YAML path or a built-in recipe name)."""
+    from distill.run import describe
     from distill.run import train as run_train
 
+    if show_plan:
+        click.echo(describe(recipe, list(overrides)))
+        return
     run_train(recipe, output=output, resume=resume, overrides=list(overrides), show_progress=not quiet)
 
 
@@ -67,12 +74,30 @@ def recipes(name: str | None) -> None:
 @main.command()
 @click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--explain", is_flag=True,
+              help="instead of the YAML, explain every field of the sections RECIPE uses: its resolved value, type, "
+                   "default, constraints and what it does (the whole reference: docs/recipes.md)")
+@click.option("--plan", "show_plan", is_flag=True, help="also print the stages RECIPE will run, in order")
 @_friendly
-def check(recipe: str, overrides: tuple[str, ...]) -> None:
+def check(recipe: str, overrides: tuple[str, ...], explain: bool, show_plan: bool) -> None:
     """Validate RECIPE and print it resolved with every default, without running anything."""
     from distill.config import load_recipe
 
-    click.echo(load_recipe(recipe, list(overrides)).to_yaml())
+    resolved = load_recipe(recipe, list(overrides))
+    if show_plan:
+        from distill.run import describe
+
+        click.echo(describe(resolved) + "\n")
+    if explain:
+        import shutil
+
+        from distill.recipe_reference import TEXT_WIDTH, explain_recipe
+
+        # Wrapped to the terminal, never wider than the reference is written for; a pipe may report no width.
+        width = max(40, min(TEXT_WIDTH, shutil.get_terminal_size().columns))
+        click.echo(explain_recipe(resolved, width=width), nl=False)
+        return
+    click.echo(resolved.to_yaml())
 
 
 @main.command(name="eval")

@@ -151,56 +151,86 @@ def load_quantized(directory: str | Path) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ a run's variants
-def compress_student(student: nn.Module, config: Recipe, data: Any, *, teacher: nn.Module | None, run_dir: Path,
-                     resume: bool, show_progress: bool) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
-    """The variants ``config.compress`` asks for, each exported under ``run_dir/<name>``:
-    ``student_int8``, ``student_pruned`` (pruned, then fine-tuned with the run's objective), and
-    ``student_pruned_int8`` when both are asked. Returns name -> (model, facts about it)."""
-    from distill.trainer import fit, mark_stage_done, stage_done
+def _add_variant(context: Any, name: str, model: nn.Module, info: dict[str, Any]) -> None:
+    context.artifacts[name] = model
+    context.artifacts.setdefault("variants", {})[name] = info
+
+
+def _quantize_stage(name: str, source: str, config: Recipe) -> Any:
+    """int8 of artifact ``source``: seconds of work, so it always runs (no done marker)."""
+    from distill.stages import Stage, on_main
+
+    def run(context: Any) -> None:
+        quantized = quantize_int8(context[source])
+        data = context.data
+        on_main(lambda: export_quantized(quantized, config.student.model, context.run_dir / name,
+                                         input_shape=data.input_shape, num_classes=data.num_classes))
+        facts = context.artifacts.get("variants", {}).get(source, {}) if source != "student" else {}
+        _add_variant(context, name, quantized, {"quantization": QUANTIZATION,
+                                                # export_quantized writes built-in nets only
+                                                "exported": isinstance(config.student.model, (MLPSpec, CNNSpec)),
+                                                **facts})
+    return Stage(name, f"dynamic int8 quantization of {source}", run, reads=(source,), writes=(name,),
+                 files=(f"{name}/",))
+
+
+def _prune_stage(config: Recipe, has_teacher: bool) -> Any:
+    """Magnitude pruning of the student, then a short fine-tune with the run's objective (resumable)."""
+    from distill.stages import Stage, on_main
+    from distill.trainer import fit
 
     settings = config.compress
-    assert settings is not None
-    spec = config.student.model
-    variants: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
-    if settings.quantize == "int8":
-        quantized = quantize_int8(student)
-        exported = export_quantized(quantized, spec, run_dir / "student_int8", input_shape=data.input_shape,
-                                    num_classes=data.num_classes)
-        variants["student_int8"] = (quantized, {"quantization": QUANTIZATION, "exported": exported is not None})
-    if settings.prune is not None:
-        name = "student_pruned"
-        done = stage_done(run_dir, name)
-        pruned = prune_magnitude(copy.deepcopy(student).train(), settings.prune)
-        info: dict[str, Any] = {"sparsity_target": settings.prune, "finetune_steps": settings.finetune_steps}
-        if done is not None and resume:
-            from distill.models import load_weights
+    assert settings is not None and settings.prune is not None
+    name, spec = "student_pruned", config.student.model
+    base_info = {"sparsity_target": settings.prune, "finetune_steps": settings.finetune_steps}
 
-            make_pruning_permanent(pruned)
-            load_weights(pruned, run_dir / name)
-            info.update(done)
-        else:
-            if settings.finetune_steps:
-                if is_hf_model(pruned) and teacher is None:
-                    raise DistillError("the pruning fine-tune needs the teacher")
-                training = config.training.model_copy(update={
-                    "max_steps": settings.finetune_steps, "epochs": None,
-                    "lr": settings.finetune_lr or config.training.lr / 10, "warmup_steps": 0, "eval_every": None,
-                    "checkpoint_every": None})
-                result = fit(pruned, data.train, objective=Objective(config.objective), training=training,
-                             stage=name, run_dir=run_dir, seed=config.seed, teacher=teacher, val_dataset=None,
-                             resume=resume, show_progress=show_progress)
-                pruned = result.model
-                info.update({"steps": result.steps, "wall_seconds": round(result.wall_seconds, 3)})
-            make_pruning_permanent(pruned)
-            export_model(pruned, spec, run_dir / name, input_shape=data.input_shape, num_classes=data.num_classes)
-            info["sparsity"] = round(weight_sparsity(pruned), 6)
-            mark_stage_done(run_dir, name, info)
-        pruned.eval()
-        variants[name] = (pruned, info)
+    def run(context: Any) -> dict[str, Any]:
+        pruned = prune_magnitude(copy.deepcopy(context["student"]).train(), settings.prune)
+        info: dict[str, Any] = dict(base_info)
+        if settings.finetune_steps:
+            if is_hf_model(pruned) and context.get("teacher") is None:
+                raise DistillError("the pruning fine-tune needs the teacher")
+            training = config.training.model_copy(update={
+                "max_steps": settings.finetune_steps, "epochs": None,
+                "lr": settings.finetune_lr or config.training.lr / 10, "warmup_steps": 0, "eval_every": None,
+                "checkpoint_every": None})
+            result = fit(pruned, context.data.train, objective=Objective(config.objective), training=training,
+                         stage=name, run_dir=context.run_dir, seed=config.seed, teacher=context.get("teacher"),
+                         val_dataset=None, resume=context.resume, show_progress=context.show_progress)
+            pruned = result.model
+            info.update({"steps": result.steps, "wall_seconds": round(result.wall_seconds, 3)})
+        make_pruning_permanent(pruned)
+        data = context.data
+        on_main(lambda: export_model(pruned, spec, context.run_dir / name, input_shape=data.input_shape,
+                                     num_classes=data.num_classes))
+        info["sparsity"] = round(weight_sparsity(pruned), 6)
+        _add_variant(context, name, pruned.eval(), info)
+        return info
+
+    def restore(context: Any, done: dict[str, Any]) -> None:
+        from distill.models import load_weights
+
+        pruned = make_pruning_permanent(prune_magnitude(copy.deepcopy(context["student"]).train(), settings.prune))
+        load_weights(pruned, context.run_dir / name)
+        _add_variant(context, name, pruned.eval(), {**base_info, **done})
+
+    reads = ("student",) + ("teacher",) * has_teacher
+    return Stage(name, f"prune {settings.prune:.0%} of the student's weights by magnitude, fine-tune "
+                 f"{settings.finetune_steps} steps", run, reads=reads, writes=(name,),
+                 files=(f"{name}/", f"checkpoints/{name}/"), restore=restore)
+
+
+def compress_stages(config: Recipe, has_teacher: bool) -> list[Any]:
+    """The variants ``config.compress`` asks for, as stages after the student's: ``student_int8``,
+    ``student_pruned`` (pruned, then fine-tuned with the run's objective), and ``student_pruned_int8`` when both
+    are asked. Each is exported under ``run_dir/<name>`` and evaluated like every other model."""
+    settings = config.compress
+    assert settings is not None
+    stages = []
+    if settings.quantize == "int8":
+        stages.append(_quantize_stage("student_int8", "student", config))
+    if settings.prune is not None:
+        stages.append(_prune_stage(config, has_teacher))
         if settings.quantize == "int8":
-            quantized = quantize_int8(pruned)
-            exported = export_quantized(quantized, spec, run_dir / "student_pruned_int8",
-                                        input_shape=data.input_shape, num_classes=data.num_classes)
-            variants["student_pruned_int8"] = (quantized, {"quantization": QUANTIZATION,
-                                                            "exported": exported is not None, **info})
-    return variants
+            stages.append(_quantize_stage("student_pruned_int8", "student_pruned", config))
+    return stages

@@ -22,54 +22,75 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 class _Strict(BaseModel):
+    """Base of every recipe section: unknown keys are refused, so a misspelt key is an error rather than a
+    silently ignored setting, and assignments are validated like parsing."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------------------------------- models
 class MLPSpec(_Strict):
     """A multilayer perceptron on flattened inputs."""
-    kind: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [256], description="hidden layer widths")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
-    input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input (Hinton 2012 used 0.2)")
+    kind: Literal["mlp"] = Field("mlp", description="Selects this spec.")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [256], description="Hidden layer widths, input side first (each followed by a "
+        "ReLU); [] is a linear classifier. Widen or deepen for a stronger teacher, narrow for a smaller student.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability after each hidden layer (0: none).")
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability on the flattened input (0: "
+                                 "none; Hinton 2012 used 0.2 for large MNIST nets).")
 
 
 class CNNSpec(_Strict):
     """A small convolutional net: conv-BN-ReLU-pool blocks, global average pooling, a linear head.
     1-D convolutions for inputs shaped (C, L), 2-D for (C, H, W)."""
-    kind: Literal["cnn"] = "cnn"
-    channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64], description="channels per block")
-    kernel_size: int = Field(3, gt=0)
-    batch_norm: bool = True
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head")
+    kind: Literal["cnn"] = Field("cnn", description="Selects this spec.")
+    channels: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [32, 64], description="Output channels of each conv block, input side first; "
+        "every block but the last halves the spatial size (while it is at least 4).")
+    kernel_size: int = Field(3, gt=0, description="Convolution kernel size, padded by kernel_size // 2 (odd sizes "
+                             "keep the spatial size).")
+    batch_norm: bool = Field(True, description="Batch norm after each convolution; a data_free deep_inversion "
+                             "teacher needs it.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability before the linear head (0: none).")
 
 
 class HFSpec(_Strict):
     """Any Hugging Face model, by hub id or local folder."""
-    kind: Literal["hf"] = "hf"
-    name_or_path: str = Field(description="hub id or local folder with config.json")
-    task: Literal["sequence-classification", "causal-lm", "masked-lm", "base"] = "sequence-classification"
-    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint (off unless you trust it)")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    revision: str | None = None
+    kind: Literal["hf"] = Field("hf", description="Selects this spec.")
+    name_or_path: str = Field(description="Hub id, local folder with config.json, or package:NAME for a model "
+                              "shipped inside an installed Python package.")
+    task: Literal["sequence-classification", "causal-lm", "masked-lm", "base"] = Field(
+        "sequence-classification", description="Which head is loaded (the AutoModelFor... class); "
+        "sequence-classification gets as many labels as the data has classes; base is the bare model (AutoModel), "
+        "e.g. for embeddings.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint (off unless you "
+                                    "trust it).")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="The dtype the weights are loaded in; auto keeps the checkpoint's own. A half dtype "
+        "halves the memory of a large frozen teacher.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit to load (null: the default branch).")
 
 
 class SavedSpec(_Strict):
     """A model exported by an earlier run (``RUN/student``, ``RUN/teacher``) or any folder holding a distill
     ``config.json`` and ``model.safetensors``."""
-    kind: Literal["saved"] = "saved"
-    path: str
+    kind: Literal["saved"] = Field("saved", description="Selects this spec.")
+    path: str = Field(description="Folder of the exported model, e.g. runs/NAME/student; built-in nets, Hugging "
+                      "Face models and int8 variants are rebuilt from the config.json it holds.")
 
 
 class HFConfigSpec(_Strict):
     """A fresh, randomly initialised Hugging Face causal LM built from a config: tiny models for tests and CI,
     or a small student of your own shape. ``config`` holds fields of the architecture's config class
     (``hidden_size``, ``num_hidden_layers``, ...); ``vocab_size`` defaults to the tokenizer's."""
-    kind: Literal["hf-config"] = "hf-config"
-    architecture: str = Field("llama", description="the config's model_type: llama, qwen2, mistral, gpt2, ...")
-    task: Literal["causal-lm"] = "causal-lm"
-    config: dict[str, Any] = Field(default_factory=dict, description="config fields, e.g. {hidden_size: 64}")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    kind: Literal["hf-config"] = Field("hf-config", description="Selects this spec.")
+    architecture: str = Field("llama", description="The config's model_type: llama, qwen2, mistral, gpt2, ...")
+    task: Literal["causal-lm"] = Field("causal-lm", description="Always causal-lm: the model is built with "
+                                       "AutoModelForCausalLM.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Fields of the architecture's config class, "
+                                   "e.g. {hidden_size: 64, num_hidden_layers: 2}; vocab_size defaults to the "
+                                   "tokenizer's.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="The dtype of the new model's "
+                                                             "weights.")
 
 
 ModelSpec = Annotated[Union[MLPSpec, CNNSpec, HFSpec, SavedSpec, HFConfigSpec], Field(discriminator="kind")]
@@ -77,39 +98,62 @@ ModelSpec = Annotated[Union[MLPSpec, CNNSpec, HFSpec, SavedSpec, HFConfigSpec], 
 
 # --------------------------------------------------------------------------------------------------- data
 class AugmentConfig(_Strict):
-    shift: int = Field(0, ge=0, description="random translation by up to this many pixels/steps (input jitter)")
+    """Random input augmentation of the training batches, applied on the device inside the training step, so the
+    teacher and the student see the same augmented inputs."""
+    shift: int = Field(0, ge=0, description="Translate each input by a random offset of up to this many "
+                       "pixels/steps along every spatial axis, zero-filled (Hinton 2012's jitter; 0: off). Needs "
+                       "inputs shaped (C, L) or (C, H, W).")
 
 
 class LMDataConfig(_Strict):
     """Causal-LM data (implied by dataset kjv-text): plain text packed into blocks of data.max_length tokens, or
     chat records (a list of {role, content} messages) rendered with the tokenizer's chat template, the loss on
     assistant tokens only."""
-    format: Literal["text", "chat"] = Field("text", description="text: pack documents into blocks; chat: one "
-                                            "example per record, loss on assistant turns")
-    text_column: str = Field("text", description="column holding the documents (format text)")
-    messages_column: str = Field("messages", description="column holding the message lists (format chat)")
-    test_fraction: float = Field(0.05, gt=0, lt=1, description="records held out for testing when no test_path")
+    format: Literal["text", "chat"] = Field(
+        "text", description="How records become examples: text packs documents into blocks; chat makes one example "
+                            "per record, the loss on assistant turns.")
+    text_column: str = Field("text", description="Column holding the documents (format text).")
+    messages_column: str = Field("messages", description="Column holding the message lists (format chat).")
+    test_fraction: float = Field(0.05, gt=0, lt=1, description="Share of the records held out for testing, "
+                                 "chosen with the recipe seed before packing; unused when data.test_path is set.")
     overlong: Literal["truncate", "refuse"] = Field(
-        "truncate", description="chat records longer than max_length: cut them (counted) or stop with an error")
+        "truncate", description="Chat records longer than max_length: cut them (counted) or stop with an error.")
     no_assistant: Literal["error", "skip"] = Field(
-        "error", description="chat records without an assistant turn: stop naming the record, or drop them (counted)")
+        "error", description="Chat records without an assistant turn: stop naming the record, or drop them (counted).")
 
 
 class DataConfig(_Strict):
     """Where examples come from. Either a built-in dataset (``dataset``) or a user's file (``path``)."""
-    dataset: str | None = Field(None, description="built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses, "
-                                   "kjv-text (King James text packed into LM blocks)")
-    path: str | None = Field(None, description="CSV / JSON(L) / parquet file, or a folder saved by datasets")
-    test_path: str | None = None
-    format: str | None = None
-    features: str | list[str] | None = Field(None, description="feature column(s) of a file dataset")
-    label: str | None = Field(None, description="label column of a file dataset")
-    val_size: float | None = Field(None, ge=0, description="validation count or fraction, carved from training data")
-    num_samples: int | None = Field(None, gt=0, description="dataset size where the dataset is generated (mnist1d)")
-    train_subset: int | None = Field(None, gt=0, description="use only the first N training examples (quick runs)")
-    tokenizer: str | None = Field(None, description="tokenizer for text datasets (default: the teacher's)")
-    max_length: int = Field(128, gt=0, description="tokens per text; longer texts are truncated and counted")
-    lm: LMDataConfig | None = Field(None, description="causal-LM data options (set for a user's LM file)")
+    dataset: str | None = Field(None, description="Built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses, "
+                                "kjv-text (King James text packed into LM blocks). Exactly one of dataset and path "
+                                "is set (checked).")
+    path: str | None = Field(None, description="Your own CSV / JSON(L) / parquet file, or a folder saved by "
+                             "datasets; needs features and label, or lm for language-model text (checked).")
+    test_path: str | None = Field(None, description="A separate test file for path (null: a DatasetDict folder's "
+                                  "test split, else held out from path: 20% of the rows, stratified with a fixed "
+                                  "seed, or lm.test_fraction of the records for LM data).")
+    format: str | None = Field(None, description="File format of path and test_path: csv, json, parquet or disk (a "
+                               "save_to_disk folder); null: told from the file name.")
+    features: str | list[str] | None = Field(None, description="Feature column(s) of a file dataset: numeric "
+                                             "columns stacked into one vector, or one column holding a (nested) "
+                                             "list per row.")
+    label: str | None = Field(None, description="Label column of a file dataset: non-negative integer ids, or "
+                              "strings (sorted into ids).")
+    val_size: float | None = Field(None, ge=0, description="Validation set carved from the training data: a count "
+                                   "(>= 1) or a fraction (< 1); 0: none. Null: the dataset's default (MNIST's "
+                                   "official 10,000; 10% of a file). Classification data only.")
+    num_samples: int | None = Field(None, gt=0, description="For mnist1d, how many samples to generate in all "
+                                    "(default 5000, 80% train); for the other built-in datasets, a stratified "
+                                    "random subset of this many training examples.")
+    train_subset: int | None = Field(None, gt=0, description="Train on only N training examples, for quick runs "
+                                     "(the first N of array data, a seeded random N of text and LM data).")
+    tokenizer: str | None = Field(None, description="Tokenizer of text and LM data: a hub id or folder, or "
+                                  "builtin:kjv-bpe-N for LM data (null: the teacher's, when it is a Hugging Face "
+                                  "model).")
+    max_length: int = Field(128, gt=0, description="Tokens per example of text data: longer texts are truncated "
+                            "(counted); for LM data the block size, or the longest chat record.")
+    lm: LMDataConfig | None = Field(None, description="Causal-LM data options; set it for a file of LM text or "
+                                    "chat records (kjv-text needs none).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -128,40 +172,67 @@ class DataConfig(_Strict):
 # --------------------------------------------------------------------------------------------------- training
 class TrainingConfig(_Strict):
     """One training stage (teacher, baseline or student)."""
-    epochs: float | None = Field(10, gt=0, description="passes over the training data (fractions allowed)")
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs when set")
-    batch_size: int = Field(64, gt=0, description="examples per process per micro-batch")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int | None = Field(None, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warm-up as a share of all steps (if warmup_steps unset)")
-    max_grad_norm: float | None = Field(None, gt=0, description="clip gradients to this global norm")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    log_every: int = Field(10, gt=0, description="steps between log.jsonl lines")
-    eval_every: int | None = Field(None, gt=0, description="steps between validation passes (default: each epoch)")
-    checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (default: each epoch)")
-    keep_checkpoints: int = Field(2, gt=0)
-    device: Literal["auto", "cpu"] = "auto"
+    epochs: float | None = Field(10, gt=0, description="Passes over the training data (fractions allowed); "
+                                 "ignored when max_steps is set, and one pass when both are null.")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to train for; overrides epochs when set.")
+    batch_size: int = Field(64, gt=0, description="Examples per process per micro-batch (also the validation "
+                            "batch size); an optimizer step sees batch_size x grad_accum x processes examples.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step: raise it for a larger "
+                            "effective batch than fits in memory.")
+    optimizer: Literal["sgd", "adamw", "adam"] = Field("adamw", description="The optimizer; momentum and nesterov "
+                                                       "apply to sgd only.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate, reached after the warm-up and then shaped by "
+                      "schedule; lower it first when a loss becomes NaN.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer sgd only).")
+    nesterov: bool = Field(False, description="Nesterov momentum (optimizer sgd with momentum > 0 only).")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay: decoupled for adamw, an L2 term in the "
+                                "gradient for adam and sgd (0: none).")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning rate after the warm-up: constant, or decaying linearly or along a cosine "
+        "to 0 at the last step.")
+    warmup_steps: int | None = Field(None, ge=0, description="Steps of linear warm-up from lr / warmup_steps to lr "
+                                     "(null: warmup_ratio decides).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a share of all steps (used when "
+                                "warmup_steps is null; 0: no warm-up).")
+    max_grad_norm: float | None = Field(None, gt=0, description="Clip gradients to this global L2 norm before each "
+                                        "optimizer step (null: no clipping).")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision: auto is bf16 on a GPU that has it (device auto), else fp32; no is "
+        "fp32; fp16 uses a gradient scaler.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Input augmentation of the training "
+                                   "batches (never of validation or test).")
+    log_every: int = Field(10, gt=0, description="Optimizer steps between log.jsonl lines (each the mean of every "
+                           "loss term since the last line).")
+    eval_every: int | None = Field(None, gt=0, description="Optimizer steps between validation passes, when the "
+                                   "data has a validation set (null: once an epoch).")
+    checkpoint_every: int | None = Field(None, gt=0, description="Optimizer steps between checkpoints, the points "
+                                         "--resume continues from (null: once an epoch).")
+    keep_checkpoints: int = Field(2, gt=0, description="Newest checkpoints kept per stage; older ones are deleted.")
+    device: Literal["auto", "cpu"] = Field(
+        "auto", description="Where training runs: auto is a GPU when there is one (one per process under torchrun or "
+                            "accelerate launch); cpu is always the CPU.")
 
 
 # --------------------------------------------------------------------------------------------------- roles
 class TeacherConfig(_Strict):
-    model: ModelSpec | None = Field(None, description="architecture or pretrained model (None: passed from Python)")
-    weights: str | None = Field(None, description="safetensors file to load into model")
-    train: TrainingConfig | None = Field(None, description="train the teacher in this run on hard labels first")
+    """The model the student learns from: built or loaded from ``model`` (and ``weights``), trained here on hard
+    labels when ``train`` is set, or replaced by the outputs stored in a teacher ``cache``."""
+    model: ModelSpec | None = Field(None, description="Architecture or pretrained model (null: a module passed "
+                                    "from Python, a cache, or an objective that needs no teacher).")
+    weights: str | None = Field(None, description="Safetensors file (or a folder holding model.safetensors) "
+                                "loaded into model after it is built (null: the model's own initialisation).")
+    train: TrainingConfig | None = Field(None, description="Train the teacher in this run on hard labels first, "
+                                         "with these settings (null: use it as built or loaded). Not with cache "
+                                         "(checked).")
     cache: str | dict[str, str] | None = Field(
-        None, description="teacher cache folder (`distill cache build`): train from the stored teacher outputs "
+        None, description="Teacher cache folder (`distill cache build`): train from the stored teacher outputs "
         "instead of running the teacher; with teacher.model also set, the model is loaded once (not run) to check "
         "the cache was built from it. Several teachers: {name: folder, ...}; a term then reads teacher `name` (its "
-        "logits) or `name.SIGNAL`")
-    cache_allow_augmentation: bool = Field(False, description="train from a cache under training.augment anyway: "
-                                           "cached outputs are for un-augmented inputs")
+        "logits) or `name.SIGNAL`. Not with train; a mapping needs non-empty names without '.' and no "
+        "teacher.model (checked).")
+    cache_allow_augmentation: bool = Field(False, description="Train from a cache under training.augment anyway, "
+                                           "although the cached outputs are for un-augmented inputs (otherwise "
+                                           "refused).")
 
     @model_validator(mode="after")
     def _cache_or_train(self) -> "TeacherConfig":
@@ -183,16 +254,23 @@ class TeacherConfig(_Strict):
 
 class FromTeacherSpec(_Strict):
     """Initialise the student from the teacher (HF transformers): embeddings, the chosen blocks and the head."""
-    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="teacher blocks to keep, in order")
-    keep: int | None = Field(None, gt=0, description="keep this many blocks, evenly spread (default: every other)")
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="Indices of the teacher blocks to "
+                                                             "keep, in order (null: chosen by keep).")
+    keep: int | None = Field(None, gt=0, description="Keep this many blocks, spread evenly from the first to the "
+                             "last (null: every other block from the first); ignored when layers is set.")
 
 
 class StudentConfig(_Strict):
-    model: ModelSpec | None = Field(None, description="architecture (None: passed from Python)")
-    weights: str | None = None
-    from_teacher: FromTeacherSpec | None = Field(None, description="derive the student from the teacher's layers")
-    freeze: list[str] = Field(default_factory=list, description="module paths whose parameters stay fixed, e.g. "
-                              "embeddings.word_embeddings (a large vocabulary table the teacher already trained)")
+    """The model being distilled: built from ``model`` or derived from the teacher's layers (``from_teacher``)."""
+    model: ModelSpec | None = Field(None, description="Architecture (null: a module passed from Python, or "
+                                    "from_teacher). Not with from_teacher (checked).")
+    weights: str | None = Field(None, description="Safetensors file (or a folder holding model.safetensors) "
+                                "loaded into model after it is built (null: a fresh initialisation from the seed).")
+    from_teacher: FromTeacherSpec | None = Field(None, description="Derive the student from the teacher's "
+                                                 "embeddings, chosen blocks and head (Hugging Face transformers).")
+    freeze: list[str] = Field(default_factory=list, description="Module paths whose parameters stay fixed, e.g. "
+                              "embeddings.word_embeddings (a large vocabulary table the teacher already trained). "
+                              "Plain runs only, not with a mode (checked).")
 
     @model_validator(mode="after")
     def _one_origin(self) -> "StudentConfig":
@@ -204,13 +282,22 @@ class StudentConfig(_Strict):
 # --------------------------------------------------------------------------------------------------- objective
 class TermConfig(_Strict):
     """One weighted term of the objective: ``weight * loss(student signal, teacher signal | labels, **options)``."""
-    loss: str = Field(description="registered loss name, e.g. soft_kl, cross_entropy, teacher_label_ce")
-    name: str | None = Field(None, description="name in logs (default: the loss name)")
-    weight: float = Field(1.0, ge=0)
-    student: str = Field("logits", description="student signal compared")
-    teacher: str = Field("logits", description="teacher signal compared")
-    temperature: float | None = Field(None, gt=0, description="for losses with a temperature (default: objective.temperature)")
-    options: dict[str, Any] = Field(default_factory=dict, description="other keyword options of the loss")
+    loss: str = Field(description="A loss registered in distill.losses, e.g. soft_kl, cross_entropy, "
+                      "teacher_label_ce, hint, dkd, token_kd (an unknown name is refused with the closest one).")
+    name: str | None = Field(None, description="The term's name in logs and metrics, unique within the objective "
+                             "(null: the loss name).")
+    weight: float = Field(1.0, ge=0, description="Multiplier of this term in the total loss.")
+    student: str = Field("logits", description="Student signal the loss reads: logits, an output attribute such "
+                         "as last_hidden_state or hidden_states[3], mean_pooled, final_hidden, or a module path "
+                         "(encoder.layer.1, or encoder.layer.1:input for its input).")
+    teacher: str = Field("logits", description="Teacher signal the loss reads, named as for student; with several "
+                         "teachers NAME or NAME.SIGNAL picks one. Unused by losses that take no teacher.")
+    temperature: float | None = Field(None, gt=0, description="This term's temperature, for losses that take one "
+                                      "(refused otherwise). Null: objective.temperature for losses that soften the "
+                                      "teacher's distribution (soft_kl, dkd, token_kd, ...), the loss's own default "
+                                      "for the others (crd's contrastive 0.07).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Other keyword options of the loss, e.g. "
+                                    "{symmetric: true} for crd; names the loss does not take are refused.")
 
     @model_validator(mode="after")
     def _known_loss(self) -> "TermConfig":
@@ -238,9 +325,14 @@ class TermConfig(_Strict):
 
 class ObjectiveConfig(_Strict):
     """A weighted sum of named terms. ``alpha`` is Hinton's shortcut: ``alpha * soft_kl + (1 - alpha) * cross_entropy``."""
-    temperature: float = Field(1.0, gt=0, description="default temperature of terms that take one")
-    alpha: float | None = Field(None, ge=0, le=1, description="shortcut for soft/hard mixing; use instead of terms")
-    terms: list[TermConfig] = Field(default_factory=list)
+    temperature: float = Field(1.0, gt=0, description="Softening temperature of the terms whose loss softens the "
+                               "teacher's distribution (soft_kl, dkd, token_kd, ...) and that set none of their own; "
+                               "higher shows the student more of the teacher's small probabilities.")
+    alpha: float | None = Field(None, ge=0, le=1, description="Hinton's shortcut, instead of terms (checked): "
+                                "expanded into the terms soft (soft_kl, weight alpha) and hard (cross_entropy, "
+                                "weight 1 - alpha), after which alpha reads null.")
+    terms: list[TermConfig] = Field(default_factory=list, description="The weighted terms summed into the loss; "
+                                    "at least one (or alpha), with distinct names (checked).")
 
     @model_validator(mode="after")
     def _expand_alpha(self) -> "ObjectiveConfig":
@@ -263,27 +355,41 @@ class ObjectiveConfig(_Strict):
 
 # --------------------------------------------------------------------------------------------------- evaluation
 class EvaluationConfig(_Strict):
+    """How the run's models are measured on the test split once training is done (``metrics.json``). These
+    settings may change when a run is resumed."""
     task: Literal["auto", "classification", "embedding", "language-modeling"] = Field(
-        "auto", description="auto: language-modeling for LM data, classification when the data has labels, else "
-                            "embedding fidelity")
-    max_test_tokens: int | None = Field(None, gt=0, description="language-modeling: evaluate on at most this many "
-                                                                "held-out tokens (the first blocks)")
-    embedding_signal: str = Field("mean_pooled", description="the signal used as the embedding (embedding task)")
-    neighbours: int = Field(10, gt=0, description="k of the nearest-neighbour overlap (embedding task)")
-    batch_size: int = Field(1000, gt=0, description="batch size of the prediction pass, which also gives the "
-                            "throughput, and of the peak-memory pass")
-    latency_batch_size: int = Field(100, gt=0, description="batch size of the timed forward passes")
-    latency_runs: int = Field(30, ge=5, description="timed runs (after warm-up); the median is reported")
-    latency_b1_runs: int = Field(50, ge=20, description="timed runs at batch size 1 (median and p95 reported)")
-    calibration_bins: int = Field(15, gt=0, description="equal-width confidence bins of the ECE and reliability diagram")
+        "auto", description="What is measured: auto is language-modeling for LM data, classification when the data "
+                            "has labels, else embedding fidelity.")
+    max_test_tokens: int | None = Field(None, gt=0, description="For language-modeling, evaluate on at most this many "
+                                                                "held-out tokens, the first blocks (null: all).")
+    embedding_signal: str = Field("mean_pooled", description="For the embedding task, the signal used as the "
+                                  "embedding, named as in objective terms.")
+    neighbours: int = Field(10, gt=0, description="For the embedding task, k of the overlap between the student's and "
+                            "the teacher's k nearest neighbours.")
+    batch_size: int = Field(1000, gt=0, description="For classification, the batch size of the prediction pass, which "
+                            "also gives the throughput, and of the peak-memory pass.")
+    latency_batch_size: int = Field(100, gt=0, description="For classification, the batch size of the timed forward "
+                                    "passes.")
+    latency_runs: int = Field(30, ge=5, description="For classification, the timed runs at latency_batch_size (after "
+                              "warm-up); the median and p95 are reported.")
+    latency_b1_runs: int = Field(50, ge=20, description="Timed runs at batch size 1, after warm-up (median and p95 "
+                                 "reported); raise it on a noisy machine.")
+    calibration_bins: int = Field(15, gt=0, description="Equal-width confidence bins of the ECE and the reliability "
+                                  "diagram (classification and language-modeling).")
 
 
 class CompressConfig(_Strict):
-    """Compression of the distilled student after training; each variant is evaluated like the others."""
-    quantize: Literal["none", "int8"] = Field("none", description="int8: PyTorch dynamic quantization of Linear layers")
-    prune: float | None = Field(None, gt=0, lt=1, description="global magnitude pruning of weights to this sparsity")
-    finetune_steps: int = Field(0, ge=0, description="distillation fine-tune steps after pruning (the run's objective)")
-    finetune_lr: float | None = Field(None, gt=0, description="fine-tune learning rate (default: training.lr / 10)")
+    """Compression of the distilled student after training; each variant is evaluated like the others. Needs
+    ``quantize: int8``, ``prune`` or both, and a classifier student, not a causal LM (checked)."""
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="Quantization of the student: int8 is PyTorch dynamic quantization of the Linear layers "
+                            "(CPU inference), the variant student_int8; none makes no quantized variant.")
+    prune: float | None = Field(None, gt=0, lt=1, description="Global L1 magnitude pruning of the Linear and conv "
+                                "weights to this sparsity, variant student_pruned (null: no pruning).")
+    finetune_steps: int = Field(0, ge=0, description="Fine-tune steps of the pruned student with the run's "
+                                "objective, pruned weights kept at zero (0: none; needs prune, checked).")
+    finetune_lr: float | None = Field(None, gt=0, description="Learning rate of the fine-tune (null: training.lr / "
+                                      "10).")
 
     @model_validator(mode="after")
     def _something(self) -> "CompressConfig":
@@ -295,28 +401,36 @@ class CompressConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dir: str | None = Field(None, description="run directory (default: runs/<recipe name>)")
+    """Where the run is written."""
+    dir: str | None = Field(None, description="Run directory (null: runs/<recipe name>); --output overrides it.")
 
 
 # --------------------------------------------------------------------------------------------------- modes
 class NamedTeacher(_Strict):
     """One teacher of a multi-teacher run. Its outputs are also the signal named by ``name`` (its logits) and
     ``name.<module path>`` (its features), so objective terms can address each teacher on its own."""
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="identifier, used in signal names and stages")
-    model: ModelSpec
-    weights: str | None = Field(None, description="safetensors file to load into model")
-    train: TrainingConfig | None = Field(None, description="train this teacher here on hard labels first")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Identifier, used in signal names and "
+                      "stages; unique among the teachers (checked).")
+    model: ModelSpec = Field(description="This teacher's architecture or pretrained model.")
+    weights: str | None = Field(None, description="Safetensors file (or a folder holding model.safetensors) "
+                                "loaded into model (null: the model as built or loaded).")
+    train: TrainingConfig | None = Field(None, description="Train this teacher here on hard labels first (null: "
+                                         "use it as built or loaded).")
 
 
 class MultiTeacherMode(_Strict):
     """Several teachers into one student. The ``logits`` teacher signal is their combination; each teacher's own
     outputs are the signals ``<name>`` and ``<name>.<module path>``."""
-    kind: Literal["multi_teacher"] = "multi_teacher"
-    teachers: list[NamedTeacher] = Field(description="two or more teachers (architectures may differ)")
+    kind: Literal["multi_teacher"] = Field("multi_teacher", description="Selects this regime.")
+    teachers: list[NamedTeacher] = Field(description="Two or more teachers with distinct names (checked); "
+                                         "architectures may differ.")
     combine: Literal["fixed", "confidence"] = Field(
-        "fixed", description="fixed: weighted mean of softened probabilities; confidence: per-sample weights, "
-                             "softmax of minus each teacher's entropy (a surer teacher weighs more)")
-    weights: list[Annotated[float, Field(ge=0)]] | None = Field(None, description="fixed weights (default equal)")
+        "fixed", description="How the teachers are combined: fixed is a weighted mean of softened probabilities; "
+                             "confidence gives each teacher a per-sample weight, the softmax of minus its entropy (a "
+                             "surer teacher weighs more).")
+    weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="With combine fixed, one weight per teacher, in order, not all zero (checked); null: equal "
+                          "weights.")
 
     @model_validator(mode="after")
     def _check(self) -> "MultiTeacherMode":
@@ -339,8 +453,8 @@ class MutualMode(_Strict):
     """Deep mutual learning (Zhang et al. 2018): peers trained together, each against the others' current
     (detached) outputs. The recipe's objective is each peer's: its teacher terms compare with the other peers.
     With ``baseline: true`` each peer is also trained alone on hard labels, for comparison."""
-    kind: Literal["mutual"] = "mutual"
-    peers: list[ModelSpec] = Field(description="two or more peer architectures, trained jointly")
+    kind: Literal["mutual"] = Field("mutual", description="Selects this regime.")
+    peers: list[ModelSpec] = Field(description="Two or more peer architectures (checked), trained jointly.")
 
     @model_validator(mode="after")
     def _check(self) -> "MutualMode":
@@ -352,16 +466,18 @@ class MutualMode(_Strict):
 class BornAgainMode(_Strict):
     """Born-again networks (Furlanello et al. 2018): generation g+1, the student's architecture, learns from
     generation g; generation 0 is the teacher (by default the student's architecture on hard labels)."""
-    kind: Literal["born_again"] = "born_again"
-    generations: int = Field(2, ge=1, description="distilled generations after generation 0")
-    ensemble: bool = Field(True, description="also evaluate the mean of the generations' probabilities")
+    kind: Literal["born_again"] = Field("born_again", description="Selects this regime.")
+    generations: int = Field(2, ge=1, description="Distilled generations after generation 0; the last one is the "
+                             "student.")
+    ensemble: bool = Field(True, description="Also evaluate the mean of the distilled generations' probabilities "
+                           "(when there are two or more).")
 
 
 class AssistantChainMode(_Strict):
     """Teacher-assistant distillation (Mirzadeh et al. 2020): teacher -> assistants -> student, each stage a normal
     distillation run whose result teaches the next. Every stage must be smaller than the one before."""
-    kind: Literal["assistant_chain"] = "assistant_chain"
-    assistants: list[ModelSpec] = Field(description="intermediate models, largest first")
+    kind: Literal["assistant_chain"] = Field("assistant_chain", description="Selects this regime.")
+    assistants: list[ModelSpec] = Field(description="Intermediate models, largest first; at least one (checked).")
 
     @model_validator(mode="after")
     def _check(self) -> "AssistantChainMode":
@@ -372,11 +488,15 @@ class AssistantChainMode(_Strict):
 
 class UnlabelledData(_Strict):
     """Inputs without labels: a built-in dataset's training inputs, or feature columns of a file."""
-    dataset: str | None = Field(None, description="built-in dataset whose training inputs are used (labels dropped)")
-    path: str | None = Field(None, description="CSV / JSON(L) / parquet file or save_to_disk folder; no label needed")
-    features: str | list[str] | None = Field(None, description="feature columns of path, as in data.features")
-    format: str | None = None
-    max_samples: int | None = Field(None, gt=0, description="use at most this many (the first ones)")
+    dataset: str | None = Field(None, description="Built-in dataset whose training inputs are used (labels "
+                                "dropped). Exactly one of dataset and path is set (checked).")
+    path: str | None = Field(None, description="CSV / JSON(L) / parquet file or save_to_disk folder; no label "
+                             "column is needed, but features is (checked).")
+    features: str | list[str] | None = Field(None, description="Feature columns of path, as in data.features.")
+    format: str | None = Field(None, description="File format of path, as in data.format (null: told from the "
+                               "file name).")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many inputs, the first ones (null: "
+                                    "all).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "UnlabelledData":
@@ -390,14 +510,15 @@ class UnlabelledData(_Strict):
 class TransferSetMode(_Strict):
     """Label-scarce distillation: the student keeps the labels of only a fraction of the training set; the teacher
     labels all of it (soft targets with soft_kl terms, hard ones with teacher_label_ce)."""
-    kind: Literal["transfer_set"] = "transfer_set"
-    labelled_fraction: float = Field(gt=0, le=1, description="share of training examples whose labels the student sees")
+    kind: Literal["transfer_set"] = Field("transfer_set", description="Selects this regime.")
+    labelled_fraction: float = Field(gt=0, le=1, description="Share of the training examples whose labels the "
+                                     "student sees, a stratified random subset chosen with the seed (at least one).")
     teacher_labels: Literal["all", "labelled"] = Field(
-        "all", description="what a teacher trained here learns from: every label (a teacher trained elsewhere), or "
-                           "only the labelled subset (nobody has more labels)")
+        "all", description="What a teacher trained here learns from: every label (a teacher trained elsewhere), or "
+                           "only the labelled subset (nobody has more labels).")
     unlabelled: UnlabelledData | None = Field(
-        None, description="more inputs with no labels at all, added to the student's transfer set: the teacher "
-                          "labels them (with labelled_fraction: 1, all of the training set keeps its labels)")
+        None, description="More inputs with no labels at all, added to the student's transfer set: the teacher "
+                          "labels them (with labelled_fraction: 1, all of the training set keeps its labels).")
 
 
 class CounterfactualMode(_Strict):
@@ -405,13 +526,14 @@ class CounterfactualMode(_Strict):
     representation of a second input (the batch rolled by one) replaces the first's in both models; the student
     matches the teacher's output under that intervention (term ``interchange``), and its representation at the
     location matches the teacher's (term ``aligned``, cosine, as the paper's L_cos)."""
-    kind: Literal["counterfactual"] = "counterfactual"
-    student: str = Field(description="student module path of the intervention")
-    teacher: str = Field(description="teacher module path aligned with it")
-    weight: float = Field(1.0, gt=0, description="weight of the interchange term (soft_kl at objective.temperature)")
-    align_weight: float = Field(1.0, ge=0, description="weight of the aligned-representation cosine term (0: off)")
-    adapter: bool = Field(False, description="allow aligned locations of different shapes (a learned projection "
-                                             "maps the student's representation for the aligned term)")
+    kind: Literal["counterfactual"] = Field("counterfactual", description="Selects this regime.")
+    student: str = Field(description="Student module path of the intervention, e.g. features.6.")
+    teacher: str = Field(description="Teacher module path aligned with it; of the same shape unless adapter is "
+                         "true or align_weight is 0.")
+    weight: float = Field(1.0, gt=0, description="Weight of the interchange term (soft_kl at objective.temperature).")
+    align_weight: float = Field(1.0, ge=0, description="Weight of the aligned-representation cosine term (0: off).")
+    adapter: bool = Field(False, description="Allow aligned locations of different shapes (a learned projection "
+                                             "maps the student's representation for the aligned term).")
 
 
 class DataFreeMode(_Strict):
@@ -420,22 +542,26 @@ class DataFreeMode(_Strict):
     match the running ones, then the student learns from the teacher on them (needs batch norm in the teacher).
     ``adversarial`` (Fang et al. 2019, DFAD): a generator makes inputs on which student and teacher disagree most
     (L1 between logits), and the student learns to agree on them; works with any teacher."""
-    kind: Literal["data_free"] = "data_free"
-    method: Literal["deep_inversion", "adversarial"] = "deep_inversion"
-    iterations: int = Field(1000, gt=0, description="adversarial: generator updates")
-    student_steps: int = Field(5, gt=0, description="adversarial: student updates per generator update")
-    latent_size: int = Field(64, gt=0, description="adversarial: size of the generator's noise input")
-    generator_lr: float = Field(1e-3, gt=0, description="adversarial: Adam learning rate of the generator")
-    samples: int = Field(2048, gt=0, description="deep_inversion: synthetic inputs to make")
-    batch_size: int = Field(256, gt=0, description="inputs optimised (or generated) together")
-    steps: int = Field(200, gt=0, description="deep_inversion: Adam steps per synthetic batch")
-    lr: float = Field(0.05, gt=0, description="deep_inversion: learning rate of the inputs")
-    bn_weight: float = Field(1.0, ge=0, description="weight of the batch-norm statistics term")
-    tv_weight: float = Field(1e-3, ge=0, description="weight of the total-variation smoothness prior")
-    l2_weight: float = Field(1e-4, ge=0, description="weight of the input L2 prior")
-    jitter: int = Field(0, ge=0, description="deep_inversion: each optimisation step sees the inputs rolled by a "
+    kind: Literal["data_free"] = Field("data_free", description="Selects this regime.")
+    method: Literal["deep_inversion", "adversarial"] = Field(
+        "deep_inversion", description="How the inputs are made: deep_inversion optimises them against a batch-norm "
+        "teacher, then trains the student on them; adversarial trains a generator against the student (any teacher).")
+    iterations: int = Field(1000, gt=0, description="Adversarial method: how many generator updates to train for.")
+    student_steps: int = Field(5, gt=0, description="Adversarial method: student updates per generator update.")
+    latent_size: int = Field(64, gt=0, description="Adversarial method: size of the generator's noise input.")
+    generator_lr: float = Field(1e-3, gt=0, description="Adversarial method: Adam learning rate of the generator.")
+    samples: int = Field(2048, gt=0, description="Deep inversion: how many synthetic inputs to make.")
+    batch_size: int = Field(256, gt=0, description="How many inputs are optimised (deep inversion) or generated "
+                            "(adversarial) together.")
+    steps: int = Field(200, gt=0, description="Deep inversion: Adam steps per synthetic batch.")
+    lr: float = Field(0.05, gt=0, description="Deep inversion: learning rate of the inputs.")
+    bn_weight: float = Field(1.0, ge=0, description="Deep inversion: weight of the batch-norm statistics term.")
+    tv_weight: float = Field(1e-3, ge=0, description="Deep inversion: weight of the total-variation smoothness "
+                             "prior.")
+    l2_weight: float = Field(1e-4, ge=0, description="Deep inversion: weight of the input L2 prior.")
+    jitter: int = Field(0, ge=0, description="Deep inversion: each optimisation step sees the inputs rolled by a "
                         "random offset of up to this many positions along every spatial axis (DeepInversion's jitter: "
-                        "features that survive small shifts, not single-pixel patterns)")
+                        "features that survive small shifts, not single-pixel patterns).")
 
 
 class SelfDistillationMode(_Strict):
@@ -443,8 +569,9 @@ class SelfDistillationMode(_Strict):
     pooling and a linear classifier) at the given module paths learn from the labels and from the model's own final
     output, which the recipe's soft_kl terms make their teacher. The exits are training aids: the exported student
     is the model alone. With ``baseline: true`` the model is also trained without exits."""
-    kind: Literal["self_distillation"] = "self_distillation"
-    exits: list[str] = Field(description="module paths of the student where auxiliary exits are attached, shallow first")
+    kind: Literal["self_distillation"] = Field("self_distillation", description="Selects this regime.")
+    exits: list[str] = Field(description="Module paths of the student where auxiliary exits are attached, shallow "
+                             "first; at least one (checked).")
 
     @model_validator(mode="after")
     def _check(self) -> "SelfDistillationMode":
@@ -459,19 +586,29 @@ ModeSpec = Annotated[Union[MultiTeacherMode, MutualMode, BornAgainMode, Assistan
 
 class Recipe(_Strict):
     """A whole distillation run."""
-    name: str = "run"
-    description: str = ""
-    seed: int = 0
-    data: DataConfig
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    student: StudentConfig
-    baseline: bool = Field(False, description="also train the student architecture on hard labels alone, for comparison")
-    objective: ObjectiveConfig
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    compress: CompressConfig | None = Field(None, description="quantize and/or prune the distilled student")
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    mode: ModeSpec | None = Field(None, description="a training regime beyond one frozen teacher (distill.modes)")
+    name: str = Field("run", description="The run's name, in metrics and the default run directory runs/<name>; "
+                      "a recipe file without one is named after the file.")
+    description: str = Field("", description="Free text about the recipe; its first line is shown by `distill "
+                             "recipes`.")
+    seed: int = Field(0, description="Seed of the student's initialisation, the data order and the seeded data "
+                      "splits; the teacher trained here uses seed + 1000. Change it (or use `distill sweep`) to "
+                      "measure run-to-run spread.")
+    data: DataConfig = Field(description="Where the examples come from.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The model the student learns from.")
+    student: StudentConfig = Field(description="The model being distilled.")
+    baseline: bool = Field(False, description="Also train the student architecture on hard labels alone, for "
+                           "comparison, from the same initial weights.")
+    objective: ObjectiveConfig = Field(description="What the student is trained to minimise.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training of the student and the "
+                                     "baseline (a teacher trained here uses teacher.train).")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How the models are "
+                                         "measured on the test split.")
+    compress: CompressConfig | None = Field(None, description="Quantize and/or prune the distilled student "
+                                            "(null: no compressed variants; classifier students only, checked).")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where the run is written.")
+    mode: ModeSpec | None = Field(None, description="A training regime beyond one frozen teacher (distill.modes), "
+                                  "chosen by kind (null: a plain teacher -> student run). student.freeze is not "
+                                  "allowed with one (checked).")
 
     @model_validator(mode="after")
     def _cache_without_augmentation(self) -> "Recipe":

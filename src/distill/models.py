@@ -21,6 +21,9 @@ from distill.errors import DistillError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# A teacher built here starts from seed + this offset, so it never shares initial weights with a student of the
+# same architecture (born-again generation 0, multi-teacher members, cache builds all use it).
+TEACHER_SEED_OFFSET = 1000
 
 
 class MLP(nn.Module):
@@ -261,3 +264,72 @@ def forward_logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     """Run a model on a batch: tensor datasets give ``{"inputs", "labels"}``, tokenised ones keyword inputs."""
     output = model(batch["inputs"]) if "inputs" in batch else model(**model_inputs(batch))
     return output.logits if hasattr(output, "logits") else output
+
+
+def build_seeded(spec: Any, data: Any, seed: int, weights: str | None = None) -> nn.Module:
+    """A model from its spec for ``data`` (input shape, classes, vocabulary), initialised from ``seed`` alone so
+    that a resumed run rebuilds the same weights, then loaded from ``weights`` when given."""
+    torch.manual_seed(seed)
+    tokenizer = getattr(data, "tokenizer", None)
+    model = build_model(spec, input_shape=data.input_shape, num_classes=data.num_classes,
+                        vocab_size=len(tokenizer) if tokenizer is not None else None)
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def build_teacher(recipe: Any, data: Any) -> nn.Module:
+    """The recipe's teacher, as every command builds it (untrained when ``teacher.train`` trains it later)."""
+    if recipe.teacher.model is None:
+        raise DistillError("teacher.model is not set and no teacher module was passed")
+    return build_seeded(recipe.teacher.model, data, recipe.seed + TEACHER_SEED_OFFSET, recipe.teacher.weights)
+
+
+def build_student(recipe: Any, data: Any, teacher: nn.Module | None) -> nn.Module:
+    """The recipe's student: derived from the teacher's layers (``student.from_teacher``) or built from its spec,
+    with ``student.freeze`` applied."""
+    if recipe.student.from_teacher is not None:
+        from distill.derive import default_layers, derive_student, find_layer_stack
+
+        if teacher is None:
+            raise DistillError("student.from_teacher needs a teacher")
+        layers = recipe.student.from_teacher.layers
+        if layers is None:
+            layers = default_layers(len(find_layer_stack(teacher)[1]), recipe.student.from_teacher.keep)
+        student = derive_student(teacher, layers).requires_grad_(True)
+    elif recipe.student.model is not None:
+        student = build_seeded(recipe.student.model, data, recipe.seed, recipe.student.weights)
+    else:
+        raise DistillError("student.model (or student.from_teacher) is not set and no student module was passed")
+    if recipe.student.freeze:
+        freeze_modules(student, recipe.student.freeze)
+    return student
+
+
+def check_outputs(models: dict[str, nn.Module | None], data: Any) -> None:
+    """Run every model on two training samples before any training: teacher, student and data must agree on
+    the number of classes, and a model that cannot take the inputs fails here, not after an hour."""
+    if data.num_classes is None:
+        return  # not a classifier: the trainer's probe batch checks the signals instead
+    from distill.data.tokens import probe_batch
+
+    probe = probe_batch(data.train)
+    sizes = {}
+    for name, model in models.items():
+        if model is None:
+            continue
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                sizes[name] = int(forward_logits(model, probe).shape[-1])
+        except Exception as error:  # any failure here is the user's model meeting the user's data
+            raise DistillError(f"the {name} cannot run on the training inputs (shape "
+                               f"{tuple(probe['inputs'].shape) if 'inputs' in probe else 'tokenised'}): {error}"
+                               .split("\n")[0]) from None
+        finally:
+            model.train(was_training)
+    for name, size in sizes.items():
+        if size != data.num_classes:
+            raise DistillError(f"the {name} predicts {size} classes but the data has {data.num_classes}; teacher, "
+                               "student and data must share one label set")

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from distill.adapters import make_adapter
 from distill.config import ObjectiveConfig, TermConfig
 from distill.errors import DistillError
-from distill.losses import SOFTENING_TEMPERATURE, LossInfo, get_loss
+from distill.losses import LossInfo, get_loss
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,6 @@ class Term:
     options: dict[str, Any]
 
 
-# losses whose mask is [batch, tokens] of a [batch, heads, tokens, tokens] attention signal
-_QUERY_MASK_LOSSES = frozenset({"minilm_attention", "minilm_value_relation"})
-
-
 class Objective(nn.Module):
     def __init__(self, config: ObjectiveConfig):
         super().__init__()
@@ -41,7 +37,7 @@ class Objective(nn.Module):
             options = dict(term.options)
             if term.temperature is not None:
                 options["temperature"] = term.temperature
-            elif info.name in SOFTENING_TEMPERATURE:
+            elif info.softens:
                 options["temperature"] = config.temperature
             self.terms.append(Term(term.display_name, term.weight, info, term.student, term.teacher, options))
         self.adapters = nn.ModuleDict()
@@ -74,12 +70,12 @@ class Objective(nn.Module):
         """The term's options, plus the batch's attention mask for token-level signals of losses that take one
         (so padding never counts), unless the recipe set the mask itself. Per-position losses (cosine, hint) get it
         for [batch, tokens, features] signals only: an attention map [batch, heads, tokens, tokens] is compared
-        whole, except by the MiniLM losses, whose mask selects its query rows."""
+        whole, except by losses registered with ``query_mask`` (MiniLM's), whose mask selects its query rows."""
         options = term.options
         student = student_signals.get(term.student_signal)
         if ("mask" in term.loss.options and "mask" not in options and attention_mask is not None
                 and student is not None and student.shape[0] == attention_mask.shape[0]
-                and (student.dim() == 3 or (student.dim() == 4 and term.loss.name in _QUERY_MASK_LOSSES))):
+                and (student.dim() == 3 or (student.dim() == 4 and term.loss.query_mask))):
             options = {**options, "mask": attention_mask.bool()}
         return options
 

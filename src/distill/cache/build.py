@@ -27,10 +27,11 @@ from distill.cache.fingerprint import dataset_fingerprint, model_fingerprint, to
 from distill.cache.format import (DEFAULT_TOP_K, FINAL_HIDDEN, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, LOG_TAIL,
                                   METADATA_FILE, PARTIAL, PROGRESS_FILE, SAMPLE_IDS, TOPK_IDS, TOPK_LOGPROBS,
                                   TOPK_SIGNALS, VALUE_DTYPES, SignalInfo, dtype_name, narrowest_int_dtype, offsets_key, sha256_file,
-                                  shard_name, values_key)
-from distill.checkpoint import _fsync_dir, write_json_atomic
+                                  shard_name, values_key, read_metadata)
+from distill.checkpoint import fsync_dir, write_json_atomic
 from distill.data.tokens import collate_fn_of
 from distill.errors import DistillError
+from distill.stages import on_main
 
 SignalFunction = Callable[[dict[str, Any]], dict[str, Tensor]]
 
@@ -152,7 +153,7 @@ class CacheWriter:
                 os.fsync(handle.fileno())
             checksum = sha256_file(partial)
             os.replace(partial, final)
-            _fsync_dir(self.output)
+            fsync_dir(self.output)
             self.completed[name] = checksum
             self._save_progress()
         except OSError as error:
@@ -266,7 +267,7 @@ class CacheWriter:
 
 
 def _teacher_for(config: Any, data: Any) -> nn.Module:
-    from distill.models import build_model, load_weights
+    from distill.models import build_teacher
 
     teacher_config = config.teacher
     if teacher_config.train is not None:
@@ -277,15 +278,7 @@ def _teacher_for(config: Any, data: Any) -> nn.Module:
                            "'teacher.model={kind: saved, path: RUN/teacher}')")
     if teacher_config.model is None:
         raise DistillError("teacher.model is not set: a cache is built by running the recipe's teacher")
-    from distill.run import TEACHER_SEED_OFFSET
-
-    torch.manual_seed(config.seed + TEACHER_SEED_OFFSET)  # as `distill train` builds it: same initial weights
-    tokenizer = getattr(data, "tokenizer", None)
-    model = build_model(teacher_config.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                        vocab_size=len(tokenizer) if tokenizer is not None else None)
-    if teacher_config.weights:
-        load_weights(model, teacher_config.weights)
-    return model.eval().requires_grad_(False)
+    return build_teacher(config, data).eval().requires_grad_(False)  # as `distill train` builds it
 
 
 def recipe_teacher_fingerprint(config: Any, data: Any) -> str:
@@ -340,8 +333,9 @@ def build_cache(recipe: Any, output: str | Path, *, overrides: list[str] | None 
     ``final_hidden`` is stored as its ``top_k`` most likely tokens per position plus the tail mass."""
     from distill.capture import SignalCapture
     from distill.config import load_recipe
+    from distill.data.recipe_data import load_data
     from distill.objective import Objective
-    from distill.run import load_data
+    from distill.stages import ensure_process_group
 
     if dtype not in VALUE_DTYPES:
         raise DistillError(f"--dtype {dtype!r}: choose one of {', '.join(VALUE_DTYPES)}")
@@ -356,6 +350,7 @@ def build_cache(recipe: Any, output: str | Path, *, overrides: list[str] | None 
     if lm_topk is None and top_k is not None:
         raise DistillError("--top-k applies to causal LM teachers read through final_hidden (token_kd terms); this "
                            f"recipe's teacher signals are {', '.join(names)}")
+    ensure_process_group()  # launched on several processes: the main one builds, the others wait for it
     data = load_data(config)
     teacher = _teacher_for(config, data)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -379,6 +374,7 @@ def build_cache(recipe: Any, output: str | Path, *, overrides: list[str] | None 
     try:
         writer = CacheWriter(output, signal_function=signal_function, splits=splits,
                              settings=settings, device=target, description=description, show_progress=show_progress)
-        return writer.run()
+        on_main(writer.run)
     finally:
         capture.remove()
+    return read_metadata(Path(output))

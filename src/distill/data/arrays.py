@@ -78,7 +78,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         return {"inputs": self.inputs[i], "labels": self.labels[i]}
 
 
-def _resolve_size(size: int | float, n: int, what: str) -> int:
+def resolve_size(size: int | float, n: int, what: str) -> int:
     """A split size given as a count or a fraction in (0, 1) -> a count; checks it leaves something behind."""
     bad = f"{what} must be a whole count or a fraction between 0 and 1, got {size!r}."
     if isinstance(size, bool) or not isinstance(size, (int, float, np.integer, np.floating)):
@@ -137,7 +137,7 @@ def carve_validation(
     """
     if len(x) != len(y):
         raise DistillError(f"carve_validation needs one label per sample, got {len(x)} inputs and {len(y)} labels.")
-    count = _resolve_size(val_size, len(y), "val_size")
+    count = resolve_size(val_size, len(y), "val_size")
     keep, take = split_indices(y, count, seed)
     return x[keep], y[keep], x[take], y[take]
 

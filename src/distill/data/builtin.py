@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.arrays import TEST_SPLIT_SEED, ArraySplits, _resolve_size, split_indices, subsample
+from distill.data.arrays import TEST_SPLIT_SEED, ArraySplits, resolve_size, split_indices, subsample
 from distill.errors import DistillError
 
 BUILTIN_DATASETS: dict[str, str] = {
@@ -117,7 +117,7 @@ def _try_save(path: Path, **arrays: np.ndarray) -> None:
 
 def _carve_val(x, y, val_size, default, seed, dataset):
     size = default if val_size is None else val_size
-    count = _resolve_size(size, len(y), f"val_size for dataset '{dataset}'")
+    count = resolve_size(size, len(y), f"val_size for dataset '{dataset}'")
     keep, take = split_indices(y, count, seed)
     return x[keep], y[keep], x[take], y[take]
 

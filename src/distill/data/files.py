@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.arrays import TEST_SPLIT_SEED, ArraySplits, _resolve_size, split_indices
+from distill.data.arrays import TEST_SPLIT_SEED, ArraySplits, resolve_size, split_indices
 from distill.errors import DistillError
 
 SUPPORTED_FORMATS = ("csv", "json", "parquet", "disk")
@@ -22,7 +22,7 @@ _VAL_SPLIT_NAMES = ("validation", "valid", "val")
 _SUPPORTED_TEXT = "a .csv, .json, .jsonl or .parquet file, or a folder written by Dataset/DatasetDict.save_to_disk"
 
 
-def _infer_format(path: Path, format: str | None) -> str:
+def infer_format(path: Path, format: str | None) -> str:
     if format is not None:
         fmt = str(format).lower().lstrip(".")
         fmt = _FORMAT_ALIASES.get(fmt, fmt)
@@ -58,7 +58,7 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _load_splits(path: Path, fmt: str, cache_dir: str) -> dict:
+def load_file_splits(path: Path, fmt: str, cache_dir: str) -> dict:
     """{split name: datasets.Dataset} for one file or save_to_disk folder."""
     with _quiet_datasets() as datasets:
         if fmt == "disk":
@@ -88,7 +88,7 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__).rstrip(".")
 
 
-def _pick_split(splits: dict, path: Path, prefer: tuple[str, ...]):
+def pick_split(splits: dict, path: Path, prefer: tuple[str, ...]):
     for name in prefer:
         if name in splits:
             return splits[name]
@@ -229,27 +229,27 @@ def load_files(
     path = Path(path).expanduser()
     if not path.exists():
         raise DistillError(f"Data path {path} does not exist; check the path (relative paths are from {Path.cwd()}).")
-    fmt = _infer_format(path, format)
+    fmt = infer_format(path, format)
     tpath = None
     if test_path is not None:
         tpath = Path(test_path).expanduser()
         if not tpath.exists():
             raise DistillError(f"Test data path {tpath} does not exist; check the path (relative paths are from {Path.cwd()}).")
-        tfmt = _infer_format(tpath, format)
+        tfmt = infer_format(tpath, format)
 
     with contextlib.ExitStack() as stack:
         if cache_dir is None:
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-datasets-", ignore_cleanup_errors=True))
         else:
             cache = str(Path(cache_dir).expanduser())
-        splits = _load_splits(path, fmt, cache)
-        train = _pick_split(splits, path, ("train",))
+        splits = load_file_splits(path, fmt, cache)
+        train = pick_split(splits, path, ("train",))
         train_where = f"{path}" if len(splits) == 1 else f"{path} (split 'train')"
         parts = [(train, train_where)]
         test = test_where = None
         if tpath is not None:
-            tsplits = _load_splits(tpath, tfmt, cache)
-            test = _pick_split(tsplits, tpath, ("test", "train"))
+            tsplits = load_file_splits(tpath, tfmt, cache)
+            test = pick_split(tsplits, tpath, ("test", "train"))
             test_where = str(tpath)
         elif "test" in splits:
             test, test_where = splits["test"], f"{path} (split 'test')"
@@ -285,7 +285,7 @@ def load_files(
         test_x, test_y = xs[i], ids[i]
         i += 1
     else:
-        count = _resolve_size(test_size, len(y), "test_size")
+        count = resolve_size(test_size, len(y), "test_size")
         keep, take = split_indices(y, count, TEST_SPLIT_SEED)
         x, y, test_x, test_y = x[keep], y[keep], x[take], y[take]
     if val_where is not None:
@@ -293,7 +293,7 @@ def load_files(
         order = np.random.default_rng(seed).permutation(len(y))  # same random order as when val is carved
         x, y = x[order], y[order]
     else:
-        count = _resolve_size(val_size, len(y), "val_size")
+        count = resolve_size(val_size, len(y), "val_size")
         keep, take = split_indices(y, count, seed)
         x, y, val_x, val_y = x[keep], y[keep], x[take], y[take]
 
@@ -324,7 +324,7 @@ def load_unlabelled_inputs(path: str | Path, *, features: str | list[str], forma
                            f"{Path.cwd()}).")
     feature_list = [features] if isinstance(features, str) else list(features)
     with tempfile.TemporaryDirectory(prefix="distill-datasets-", ignore_cleanup_errors=True) as cache:
-        splits = _load_splits(location, _infer_format(location, format), cache)
-        table = _pick_split(splits, location, ("train",))
+        splits = load_file_splits(location, infer_format(location, format), cache)
+        table = pick_split(splits, location, ("train",))
         _check_columns(table, feature_list, str(location))
         return _features(table, features, str(location))

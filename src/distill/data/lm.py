@@ -250,9 +250,9 @@ def _kjv_stream(name: str, tokenizer: Any) -> torch.Tensor:
     from safetensors.torch import load_file, save_file
 
     from distill.data.builtin import resolve_cache_dir
-    from distill.data.text import _version, kjv_lm_text
+    from distill.data.text import kjv_lm_text, kjv_package_version
 
-    path = resolve_cache_dir() / f"kjv-tokens-{_version()}-{_tokenizer_fingerprint(tokenizer)}-{name}-v1.safetensors"
+    path = resolve_cache_dir() / f"kjv-tokens-{kjv_package_version()}-{_tokenizer_fingerprint(tokenizer)}-{name}-v1.safetensors"
     with contextlib.suppress(Exception):  # a missing or damaged cache is rebuilt
         return load_file(str(path))["ids"].long()
     # One document per split: verses joined by newlines, in canonical order (books stay contiguous).
@@ -273,13 +273,13 @@ def _file_records(path: str, column: str, fmt: str | None) -> list[Any]:
     from pathlib import Path
 
     from distill.data.builtin import resolve_cache_dir
-    from distill.data.files import _infer_format, _load_splits, _pick_split
+    from distill.data.files import infer_format, load_file_splits, pick_split
 
     location = Path(path).expanduser()
     if not location.exists():
         raise DistillError(f"data file {location} does not exist")
-    splits = _load_splits(location, _infer_format(location, fmt), str(resolve_cache_dir() / "datasets"))
-    dataset = _pick_split(splits, location, ("train",))
+    splits = load_file_splits(location, infer_format(location, fmt), str(resolve_cache_dir() / "datasets"))
+    dataset = pick_split(splits, location, ("train",))
     if column not in dataset.column_names:
         raise DistillError(f"{location} has no column {column!r} (columns: {', '.join(dataset.column_names)}); set "
                            f"data.lm.text_column / data.lm.messages_column")

@@ -103,7 +103,7 @@ def _source_file() -> Path:
     return path
 
 
-def _version() -> str:
+def kjv_package_version() -> str:
     try:
         return importlib.metadata.version(_DIST)
     except importlib.metadata.PackageNotFoundError:
@@ -151,7 +151,7 @@ def _parse_kjv_file(path: Path) -> list[Verse]:
 
 
 def _cache_path(cache_dir) -> Path:
-    return resolve_cache_dir(cache_dir) / f"kjv-{_DIST}-{_version()}-v{_CACHE_FORMAT}.json"
+    return resolve_cache_dir(cache_dir) / f"kjv-{_DIST}-{kjv_package_version()}-v{_CACHE_FORMAT}.json"
 
 
 def _read_cache(path: Path) -> list[Verse] | None:
@@ -169,7 +169,7 @@ def _read_cache(path: Path) -> list[Verse] | None:
 
 def _write_cache(path: Path, verses: list[Verse]) -> None:
     """Atomic write (temp file + os.replace); a read-only cache only costs speed, so failure is not an error."""
-    data = {"format": _CACHE_FORMAT, "source": f"{_DIST}=={_version()}", "count": len(verses),
+    data = {"format": _CACHE_FORMAT, "source": f"{_DIST}=={kjv_package_version()}", "count": len(verses),
             "verses": [[v.book, v.chapter, v.verse, v.text] for v in verses]}
     tmp = None
     try:

@@ -52,3 +52,11 @@ def collate_fn_of(dataset: Dataset) -> Any:
     while isinstance(dataset, torch.utils.data.Subset):
         dataset = dataset.dataset
     return getattr(dataset, "collate_fn", None)
+
+
+def probe_batch(dataset: Dataset) -> dict[str, Any]:
+    """The first two samples as one batch: what models and objectives are checked on before any training."""
+    from torch.utils.data import default_collate
+
+    collate = collate_fn_of(dataset) or default_collate
+    return collate([dataset[index] for index in range(min(2, len(dataset)))])  # type: ignore[arg-type]

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses.checks import check_kind, check_mask, check_ndim, check_positive, check_same_shape, shapes_error
+from distill.losses.registry import register_loss
+
 __all__ = [
     "hint_loss",
     "cosine_loss",
@@ -29,46 +32,7 @@ _DISTANCE_KINDS = ("mse", "l1", "smooth_l1")
 
 
 # --------------------------------------------------------------------------- helpers
-# (also used by distill.losses.relations)
-
-
-def _shapes_error(loss: str, student: Tensor, teacher: Tensor, requirement: str) -> ValueError:
-    return ValueError(
-        f"{loss}: student shape {tuple(student.shape)} and teacher shape "
-        f"{tuple(teacher.shape)} are incompatible: {requirement}"
-    )
-
-
-def _check_same_shape(loss: str, student: Tensor, teacher: Tensor) -> None:
-    if student.shape != teacher.shape:
-        raise _shapes_error(loss, student, teacher, "they must be equal")
-
-
-def _check_ndim(loss: str, student: Tensor, teacher: Tensor, ndim: int, layout: str,
-                *, at_least: bool = False) -> None:
-    bad = (lambda x: x.dim() < ndim) if at_least else (lambda x: x.dim() != ndim)
-    if bad(student) or bad(teacher):
-        qualifier = "at least " if at_least else ""
-        raise _shapes_error(
-            loss, student, teacher, f"both must have {qualifier}{ndim} dimensions ({layout})"
-        )
-
-
-def _check_kind(loss: str, kind: str, allowed: tuple[str, ...]) -> None:
-    if kind not in allowed:
-        raise ValueError(f"{loss}: kind must be one of {', '.join(map(repr, allowed))}, got {kind!r}")
-
-
-def _check_positive(loss: str, name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{loss}: {name} must be > 0, got {value!r}")
-
-
-def _check_mask(loss: str, mask: Tensor, expected: tuple[int, ...], what: str) -> None:
-    if tuple(mask.shape) != tuple(expected):
-        raise ValueError(
-            f"{loss}: mask shape {tuple(mask.shape)} does not match {what} shape {tuple(expected)}"
-        )
+# (also used by distill.losses.relations and distill.losses.logits)
 
 
 def _elementwise_distance(student: Tensor, teacher: Tensor, kind: str, beta: float) -> Tensor:
@@ -83,13 +47,14 @@ def _elementwise_distance(student: Tensor, teacher: Tensor, kind: str, beta: flo
 
 
 def _matched_distance(name: str, student: Tensor, teacher: Tensor, kind: str, beta: float) -> Tensor:
-    _check_kind(name, kind, _DISTANCE_KINDS)
-    _check_same_shape(name, student, teacher)
+    check_kind(name, kind, _DISTANCE_KINDS)
+    check_same_shape(name, student, teacher)
     if kind == "smooth_l1":
-        _check_positive(name, "beta", beta)
+        check_positive(name, "beta", beta)
     return _elementwise_distance(student, teacher.detach(), kind, beta)
 
 
+@register_loss("hint")
 def hint_loss(
     student_features: Tensor,
     teacher_features: Tensor,
@@ -121,8 +86,8 @@ def hint_loss(
     name = "hint_loss"
     if mask is None:
         return _matched_distance(name, student_features, teacher_features, kind, beta)
-    _check_same_shape(name, student_features, teacher_features)
-    _check_mask(name, mask, tuple(student_features.shape[:-1]), "positions (student_features.shape[:-1])")
+    check_same_shape(name, student_features, teacher_features)
+    check_mask(name, mask, tuple(student_features.shape[:-1]), "positions (student_features.shape[:-1])")
     selected = mask.to(torch.bool)
     if not bool(selected.any()):  # the mean over no element would be NaN
         _matched_distance(name, student_features, teacher_features, kind, beta)  # still reject bad options
@@ -131,6 +96,7 @@ def hint_loss(
     return _matched_distance(name, student_features[selected], teacher_features[selected], kind, beta)
 
 
+@register_loss("cosine")
 def cosine_loss(
     student: Tensor,
     teacher: Tensor,
@@ -154,12 +120,12 @@ def cosine_loss(
         If the mask selects no position the loss is 0.
     """
     name = "cosine_loss"
-    _check_ndim(name, student, teacher, 1, "[..., D]", at_least=True)
-    _check_same_shape(name, student, teacher)
+    check_ndim(name, student, teacher, 1, "[..., D]", at_least=True)
+    check_same_shape(name, student, teacher)
     per_position = 1.0 - F.cosine_similarity(student, teacher.detach(), dim=-1, eps=1e-8)
     if mask is None:
         return per_position.mean()
-    _check_mask(name, mask, tuple(student.shape[:-1]), "positions (student.shape[:-1])")
+    check_mask(name, mask, tuple(student.shape[:-1]), "positions (student.shape[:-1])")
     weights = mask.to(dtype=per_position.dtype)
     return (per_position * weights).sum() / weights.sum().clamp_min(1.0)
 
@@ -169,6 +135,7 @@ def _attention_map(features: Tensor, p: float) -> Tensor:
     return F.normalize(features.abs().pow(p).mean(dim=1).flatten(1), p=2, dim=1)
 
 
+@register_loss("attention_transfer")
 def attention_transfer(
     student_maps: Tensor,
     teacher_maps: Tensor,
@@ -197,22 +164,23 @@ def attention_transfer(
         0-dim tensor.
     """
     name = "attention_transfer"
-    _check_ndim(name, student_maps, teacher_maps, 3, "[B, C, H, W]", at_least=True)
+    check_ndim(name, student_maps, teacher_maps, 3, "[B, C, H, W]", at_least=True)
     if (
         student_maps.dim() != teacher_maps.dim()
         or student_maps.shape[0] != teacher_maps.shape[0]
         or student_maps.shape[2:] != teacher_maps.shape[2:]
     ):
-        raise _shapes_error(
+        raise shapes_error(
             name, student_maps, teacher_maps,
             "batch and spatial dimensions must match (channels may differ)",
         )
-    _check_positive(name, "p", p)
+    check_positive(name, "p", p)
     a_s = _attention_map(student_maps, p)
     a_t = _attention_map(teacher_maps.detach(), p)
     return (a_s - a_t).pow(2).mean()
 
 
+@register_loss("similarity_preserving")
 def similarity_preserving(student_features: Tensor, teacher_features: Tensor) -> Tensor:
     """Similarity-preserving KD (Tung & Mori, 2019, "Similarity-Preserving
     Knowledge Distillation").
@@ -233,9 +201,9 @@ def similarity_preserving(student_features: Tensor, teacher_features: Tensor) ->
         0-dim tensor.
     """
     name = "similarity_preserving"
-    _check_ndim(name, student_features, teacher_features, 1, "[B, ...]", at_least=True)
+    check_ndim(name, student_features, teacher_features, 1, "[B, ...]", at_least=True)
     if student_features.shape[0] != teacher_features.shape[0]:
-        raise _shapes_error(name, student_features, teacher_features, "batch sizes must match")
+        raise shapes_error(name, student_features, teacher_features, "batch sizes must match")
     batch = student_features.shape[0]
 
     def gram(x: Tensor) -> Tensor:
@@ -246,6 +214,7 @@ def similarity_preserving(student_features: Tensor, teacher_features: Tensor) ->
     return diff.pow(2).sum() / (batch * batch)
 
 
+@register_loss("regression_kd")
 def regression_kd(
     student_predictions: Tensor,
     teacher_predictions: Tensor,
@@ -270,6 +239,7 @@ def regression_kd(
     return _matched_distance("regression_kd", student_predictions, teacher_predictions, kind, beta)
 
 
+@register_loss("multilabel_kd", softens=True)
 def multilabel_kd(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -296,8 +266,8 @@ def multilabel_kd(
         (so gradient magnitudes do not shrink with T, as in Hinton et al.).
     """
     name = "multilabel_kd"
-    _check_same_shape(name, student_logits, teacher_logits)
-    _check_positive(name, "temperature", temperature)
+    check_same_shape(name, student_logits, teacher_logits)
+    check_positive(name, "temperature", temperature)
     s = student_logits / temperature
     t = teacher_logits.detach() / temperature
     p = torch.sigmoid(t)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from distill.capture import FinalHidden, TopKTeacher
 from distill.errors import DistillError
+from distill.losses.registry import register_loss
 from distill.losses.tokens import (DIVERGENCES, auto_chunk_size, chunked_token_ce, chunked_token_kd,
                                    chunked_token_kd_topk)
 
@@ -82,6 +83,7 @@ def _topk_kd(student: FinalHidden, teacher: TopKTeacher, labels: Tensor, *, temp
         raise DistillError(f"token_kd: {error}") from None
 
 
+@register_loss("token_kd", softens=True)
 def token_kd(student_final: FinalHidden, teacher_final: FinalHidden | TopKTeacher, labels: Tensor, *,
              divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
              top_k: int | None = None, hard_weight: float = 0.0, chunk_size: int | None = None,
@@ -134,6 +136,7 @@ def check_cached_topk(cached_k: int, divergence: str, top_k: int | None) -> None
                            f"position; rebuild it with `distill cache build ... --top-k {top_k}` (or lower top_k)")
 
 
+@register_loss("token_ce")
 def token_ce(student_final: FinalHidden, labels: Tensor, *, chunk_size: int | None = None, normalizer: Any = None
              ) -> Tensor:
     """Next-token cross-entropy on the supervised tokens, from hidden states and head, chunk by chunk."""

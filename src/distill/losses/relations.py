@@ -15,20 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.features import (
-    _check_kind,
-    _check_mask,
-    _check_ndim,
-    _check_positive,
-    _check_same_shape,
-    _shapes_error,
-)
+from distill.losses.checks import check_kind, check_mask, check_ndim, check_positive, check_same_shape, shapes_error
+from distill.losses.registry import register_loss
 
 __all__ = [
     "rkd_distance",
     "rkd_angle",
     "crd_in_batch",
-    "dkd",
     "minilm_attention_kl",
     "minilm_value_relation",
     "attention_map_loss",
@@ -41,11 +34,11 @@ _EPS = 1e-12
 
 
 def _check_embeddings(name: str, student: Tensor, teacher: Tensor, *, same_dim: bool) -> None:
-    _check_ndim(name, student, teacher, 2, "[N, D]")
+    check_ndim(name, student, teacher, 2, "[N, D]")
     if student.shape[0] != teacher.shape[0]:
-        raise _shapes_error(name, student, teacher, "batch sizes must match")
+        raise shapes_error(name, student, teacher, "batch sizes must match")
     if same_dim and student.shape[1] != teacher.shape[1]:
-        raise _shapes_error(name, student, teacher, "embedding dimensions must match")
+        raise shapes_error(name, student, teacher, "embedding dimensions must match")
 
 
 def _normalised_pairwise_distances(e: Tensor) -> Tensor:
@@ -57,6 +50,7 @@ def _normalised_pairwise_distances(e: Tensor) -> Tensor:
     return d / d[off_diag].mean().clamp_min(_EPS)
 
 
+@register_loss("rkd_distance")
 def rkd_distance(student_embeddings: Tensor, teacher_embeddings: Tensor) -> Tensor:
     """Distance-wise relational KD, RKD-D (Park et al., 2019, "Relational
     Knowledge Distillation").
@@ -81,7 +75,7 @@ def rkd_distance(student_embeddings: Tensor, teacher_embeddings: Tensor) -> Tens
     name = "rkd_distance"
     _check_embeddings(name, student_embeddings, teacher_embeddings, same_dim=False)
     if student_embeddings.shape[0] < 2:
-        raise _shapes_error(name, student_embeddings, teacher_embeddings, "need N >= 2 samples")
+        raise shapes_error(name, student_embeddings, teacher_embeddings, "need N >= 2 samples")
     d_s = _normalised_pairwise_distances(student_embeddings)
     d_t = _normalised_pairwise_distances(teacher_embeddings.detach())
     return F.smooth_l1_loss(d_s, d_t, reduction="mean", beta=1.0)
@@ -93,6 +87,7 @@ def _triplet_angles(e: Tensor) -> Tensor:
     return torch.bmm(diff, diff.transpose(1, 2))
 
 
+@register_loss("rkd_angle")
 def rkd_angle(student_embeddings: Tensor, teacher_embeddings: Tensor) -> Tensor:
     """Angle-wise relational KD, RKD-A (Park et al., 2019, "Relational
     Knowledge Distillation").
@@ -123,6 +118,7 @@ def rkd_angle(student_embeddings: Tensor, teacher_embeddings: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- CRD
 
 
+@register_loss("crd")
 def crd_in_batch(
     student_embeddings: Tensor,
     teacher_embeddings: Tensor,
@@ -151,7 +147,7 @@ def crd_in_batch(
     """
     name = "crd_in_batch"
     _check_embeddings(name, student_embeddings, teacher_embeddings, same_dim=True)
-    _check_positive(name, "temperature", temperature)
+    check_positive(name, "temperature", temperature)
     s = F.normalize(student_embeddings, p=2, dim=1)
     t = F.normalize(teacher_embeddings.detach(), p=2, dim=1)
     logits = s @ t.t() / temperature
@@ -162,6 +158,7 @@ def crd_in_batch(
     return loss
 
 
+@register_loss("similarity_kl")
 def similarity_kl(
     student_embeddings: Tensor,
     teacher_embeddings: Tensor,
@@ -187,7 +184,7 @@ def similarity_kl(
     """
     name = "similarity_kl"
     _check_embeddings(name, student_embeddings, teacher_embeddings, same_dim=True)
-    _check_positive(name, "temperature", temperature)
+    check_positive(name, "temperature", temperature)
     if student_embeddings.shape[0] < 2:
         raise ValueError(f"{name}: needs at least 2 samples in the batch, got {student_embeddings.shape[0]}")
     s = F.normalize(student_embeddings, p=2, dim=1)
@@ -198,78 +195,6 @@ def similarity_kl(
     student_logits = (s @ t.t() / temperature)[others].view(rows, rows - 1)
     return F.kl_div(F.log_softmax(student_logits, dim=1), F.log_softmax(teacher_logits, dim=1), log_target=True,
                     reduction="batchmean")
-
-
-# --------------------------------------------------------------------------- DKD
-
-
-def dkd(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    *,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    temperature: float = 4.0,
-) -> Tensor:
-    """Decoupled knowledge distillation (Zhao et al., 2022, "Decoupled
-    Knowledge Distillation"), as defined in mdistiller's ``dkd_loss``.
-
-    With ``p = softmax(z / T)`` for each model and ``y`` the label:
-
-    * TCKD: KL between the binary distributions ``b = [p_y, 1 - p_y]`` of
-      teacher and student, ``KL(b_t || b_s)``;
-    * NCKD: KL between the distributions over the non-target classes,
-      ``softmax(z / T - 1000 * onehot(y))`` for each model (the target logit is
-      pushed down by 1000 after dividing by T, exactly as mdistiller does).
-
-    ``loss = alpha * TCKD + beta * NCKD``, each summed over classes, multiplied
-    by ``T^2`` and divided by the batch size ("batchmean"). mdistiller's warm-up
-    factor and the cross-entropy term are left to the caller. Classical KD
-    decomposes as ``KD = TCKD + (1 - p_y^teacher) * NCKD`` (paper eq. 5).
-
-    Args:
-        student_logits: ``[B, C]``.
-        teacher_logits: ``[B, C]``; detached.
-        labels: ``[B]`` integer class indices in ``[0, C)`` (not range-checked,
-            to avoid a device sync).
-        alpha: weight of TCKD.
-        beta: weight of NCKD.
-        temperature: ``T > 0``.
-
-    Returns:
-        0-dim tensor.
-    """
-    name = "dkd"
-    _check_ndim(name, student_logits, teacher_logits, 2, "[B, C]")
-    _check_same_shape(name, student_logits, teacher_logits)
-    if labels.dim() != 1 or labels.shape[0] != student_logits.shape[0]:
-        raise ValueError(
-            f"{name}: labels shape {tuple(labels.shape)} does not match logits shape "
-            f"{tuple(student_logits.shape)}: expected ({student_logits.shape[0]},)"
-        )
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}")
-    _check_positive(name, "temperature", temperature)
-
-    batch = student_logits.shape[0]
-    s = student_logits / temperature
-    t = teacher_logits.detach() / temperature
-    gt_mask = torch.zeros_like(s, dtype=torch.bool).scatter_(1, labels.long().unsqueeze(1), True)
-    gt = gt_mask.to(s.dtype)
-
-    # TCKD: binary [p_target, p_rest] distributions (mdistiller's cat_mask)
-    p_s, p_t = F.softmax(s, dim=1), F.softmax(t, dim=1)
-    b_s = torch.stack([(p_s * gt).sum(1), (p_s * (1.0 - gt)).sum(1)], dim=1)
-    b_t = torch.stack([(p_t * gt).sum(1), (p_t * (1.0 - gt)).sum(1)], dim=1)
-    tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * temperature**2 / batch
-
-    # NCKD: distributions over the non-target classes
-    log_q_s = F.log_softmax(s - 1000.0 * gt, dim=1)
-    q_t = F.softmax(t - 1000.0 * gt, dim=1)
-    nckd = F.kl_div(log_q_s, q_t, reduction="sum") * temperature**2 / batch
-
-    return alpha * tckd + beta * nckd
 
 
 # --------------------------------------------------------------------------- MiniLM / attention
@@ -289,6 +214,7 @@ def _masked_query_mean(kl: Tensor, mask: Optional[Tensor]) -> Tensor:
     return (kl * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+@register_loss("minilm_attention", query_mask=True)
 def minilm_attention_kl(
     student_attention: Tensor,
     teacher_attention: Tensor,
@@ -321,11 +247,11 @@ def minilm_attention_kl(
         0-dim tensor.
     """
     name = "minilm_attention_kl"
-    _check_ndim(name, student_attention, teacher_attention, 4, "[B, heads, T, T]")
-    _check_same_shape(name, student_attention, teacher_attention)
+    check_ndim(name, student_attention, teacher_attention, 4, "[B, heads, T, T]")
+    check_same_shape(name, student_attention, teacher_attention)
     if mask is not None:
         b, _, q, _ = student_attention.shape
-        _check_mask(name, mask, (b, q), "[B, T] of the attention")
+        check_mask(name, mask, (b, q), "[B, T] of the attention")
     kl = _kl_rows(student_attention, teacher_attention.detach(), eps)
     return _masked_query_mean(kl, mask)
 
@@ -340,6 +266,7 @@ def _value_relation(values: Tensor, num_heads: int, key_mask: Optional[Tensor]) 
     return F.softmax(scores, dim=-1)
 
 
+@register_loss("minilm_value_relation", query_mask=True)
 def minilm_value_relation(
     student_values: Tensor,
     teacher_values: Tensor,
@@ -371,26 +298,27 @@ def minilm_value_relation(
         0-dim tensor.
     """
     name = "minilm_value_relation"
-    _check_ndim(name, student_values, teacher_values, 3, "[B, T, D]")
+    check_ndim(name, student_values, teacher_values, 3, "[B, T, D]")
     if student_values.shape[:2] != teacher_values.shape[:2]:
-        raise _shapes_error(name, student_values, teacher_values, "batch and sequence lengths must match")
+        raise shapes_error(name, student_values, teacher_values, "batch and sequence lengths must match")
     if isinstance(num_relation_heads, bool) or not isinstance(num_relation_heads, int) or num_relation_heads < 1:
         raise ValueError(f"{name}: num_relation_heads must be a positive int, got {num_relation_heads!r}")
     for who, x in (("student", student_values), ("teacher", teacher_values)):
         if x.shape[2] % num_relation_heads:
-            raise _shapes_error(
+            raise shapes_error(
                 name, student_values, teacher_values,
                 f"{who} hidden size {x.shape[2]} is not divisible by num_relation_heads={num_relation_heads}",
             )
     key_mask = None
     if mask is not None:
-        _check_mask(name, mask, tuple(student_values.shape[:2]), "[B, T] of the values")
+        check_mask(name, mask, tuple(student_values.shape[:2]), "[B, T] of the values")
         key_mask = mask.bool()
     r_s = _value_relation(student_values, num_relation_heads, key_mask)
     r_t = _value_relation(teacher_values.detach(), num_relation_heads, key_mask)
     return _masked_query_mean(_kl_rows(r_s, r_t, eps), mask)
 
 
+@register_loss("attention_map")
 def attention_map_loss(
     student_attention: Tensor,
     teacher_attention: Tensor,
@@ -415,9 +343,9 @@ def attention_map_loss(
         0-dim tensor.
     """
     name = "attention_map_loss"
-    _check_kind(name, kind, ("mse", "kl"))
-    _check_ndim(name, student_attention, teacher_attention, 4, "[B, heads, T, T]")
-    _check_same_shape(name, student_attention, teacher_attention)
+    check_kind(name, kind, ("mse", "kl"))
+    check_ndim(name, student_attention, teacher_attention, 4, "[B, heads, T, T]")
+    check_same_shape(name, student_attention, teacher_attention)
     teacher = teacher_attention.detach()
     if kind == "mse":
         return F.mse_loss(student_attention, teacher, reduction="mean")

@@ -1,5 +1,6 @@
-"""Training regimes that are more than one frozen teacher -> student pass. Each is one short module that says
-who teaches whom and trains every model with the ordinary trainer (``distill.trainer.fit``) and objective:
+"""Training regimes that are more than one frozen teacher -> student pass. Each is one short module whose
+``plan(config, mode, given)`` returns its list of stages (see ``distill.stages``), every model trained by the
+ordinary trainer (``distill.training_stage``) with the ordinary objective:
 
 - ``multi_teacher``: several teachers combined by fixed weights or per-sample confidence, or each with its own terms;
 - ``mutual``: peers trained together, each against the others' current outputs (deep mutual learning);
@@ -11,37 +12,31 @@ who teaches whom and trains every model with the ordinary trainer (``distill.tra
   against the student (``adversarial``, any teacher);
 - ``self_distillation``: auxiliary exits inside the student learn from its own final output.
 
-A recipe picks one with a ``mode:`` section; ``distill.train(recipe)`` dispatches here.
+A recipe picks one with a ``mode:`` section; ``distill.run.plan`` dispatches here.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from pathlib import Path
-
-from torch import nn
 
 from distill.config import Recipe
 from distill.errors import DistillError
-from distill.modes.common import ModeRun
-from distill.run import RunData, RunResult
+from distill.modes.common import require_student_spec
+from distill.stages import Stage
 
 MODES = ("multi_teacher", "mutual", "born_again", "assistant_chain", "transfer_set", "counterfactual", "data_free",
          "self_distillation")
+# regimes with several teachers or peers take them from the recipe only
+_BUILD_THEIR_TEACHERS = ("multi_teacher", "mutual", "self_distillation")
 
 
-def run_mode(config: Recipe, run_dir: Path, data: RunData, *, resume: bool = False, student: nn.Module | None = None,
-             teacher: nn.Module | None = None, show_progress: bool = True) -> RunResult:
-    """Run ``config`` (which has a ``mode``) in ``run_dir`` on ``data``; ``student``/``teacher`` modules replace
-    what the recipe would build (regimes with several teachers or peers take them from the recipe only)."""
+def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list[Stage]:
+    """The stages of ``config``'s regime; ``given`` names the modules passed from Python (``teacher``,
+    ``student``)."""
     assert config.mode is not None
-    if teacher is not None and config.mode.kind in ("multi_teacher", "mutual", "self_distillation"):
-        raise DistillError(f"mode {config.mode.kind!r} builds its models from the recipe; a teacher module cannot be "
+    kind = config.mode.kind
+    if "teacher" in given and kind in _BUILD_THEIR_TEACHERS:
+        raise DistillError(f"mode {kind!r} builds its models from the recipe; a teacher module cannot be "
                            "passed (export it with distill.models.export_model and name it with kind: saved)")
-    job = ModeRun(config, run_dir, data, resume, show_progress, given_teacher=teacher)
-    if student is None:
-        if config.student.model is None:
-            raise DistillError(f"mode {config.mode.kind!r}: student.model is not set and no student module was passed")
-        student = job.build(config.student.model, config.seed, config.student.weights)
-    module = import_module(f"distill.modes.{config.mode.kind}")
-    return module.run(job, student, config.mode)
+    require_student_spec(config, set(given))
+    return import_module(f"distill.modes.{kind}").plan(config, config.mode, set(given))

@@ -4,11 +4,12 @@ if every stage is smaller than the one that teaches it, which is checked before 
 
 from __future__ import annotations
 
-from distill.config import AssistantChainMode
+from distill.config import AssistantChainMode, Recipe
 from distill.errors import DistillError
-from distill.modes.common import ModeRun, freeze, parameter_count
-from distill.objective import Objective
-from distill.run import RunResult
+from distill.models import build_seeded, check_outputs, count_parameters
+from distill.modes.common import (baseline_stages, build_mode_student, build_mode_teacher, distil_stage,
+                                  finish_stage, prepare_stage, teacher_stages)
+from distill.stages import RunContext, Stage
 
 
 def check_shrinks(sizes: list[tuple[str, int]]) -> None:
@@ -21,23 +22,29 @@ def check_shrinks(sizes: list[tuple[str, int]]) -> None:
                                "teacher and larger than the student.")
 
 
-def run(job: ModeRun, student, mode: AssistantChainMode) -> RunResult:
-    config = job.config
-    teacher, teacher_spec = job.teacher("assistant_chain")
-    assistants = [job.build(spec, config.seed + 100 + index) for index, spec in enumerate(mode.assistants)]
-    names = ["teacher", *(f"assistant-{index + 1}" for index in range(len(assistants))), "student"]
-    check_shrinks([(name, parameter_count(model)) for name, model in zip(names, [teacher, *assistants, student])])
-    job.check({"teacher": teacher, **dict(zip(names[1:-1], assistants)), "student": student})
-    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train)
-    baseline = job.baseline(student)
-    chain = {"teacher": teacher}
-    current = teacher
-    for index, (name, spec, model) in enumerate(zip(names[1:-1], mode.assistants, assistants)):
-        current = freeze(job.stage(name, model, spec, objective=Objective(config.objective),
-                                   seed=config.seed + 100 + index, teacher=current))
-        chain[name] = current
-    trained = job.stage("student", student, config.student.model, objective=Objective(config.objective),
-                        seed=config.seed, teacher=current)
-    return job.finish({**chain, "baseline": baseline, "student": trained},
-                      extra={"chain": [[name, parameter_count(model)] for name, model in
-                                       zip(names, [*chain.values(), trained])]})
+def plan(config: Recipe, mode: AssistantChainMode, given: set[str]) -> list[Stage]:
+    assistants = [f"assistant-{index + 1}" for index in range(len(mode.assistants))]
+    names = ["teacher", *assistants, "student"]
+
+    def prepare(context: RunContext) -> None:
+        artifacts = context.artifacts
+        artifacts["teacher"] = build_mode_teacher(context)
+        for index, (name, spec) in enumerate(zip(assistants, mode.assistants)):
+            artifacts[name] = build_seeded(spec, context.data, config.seed + 100 + index)
+        artifacts["student"] = build_mode_student(context)
+        check_shrinks([(name, count_parameters(context[name])) for name in names])
+        check_outputs({name: context[name] for name in names}, context.data)
+
+    stages = [prepare_stage("build the teacher, the assistants and the student; check that the chain shrinks",
+                            prepare, tuple(names), given),
+              *teacher_stages(config), *baseline_stages(config)]
+    for index, (name, spec) in enumerate(zip(assistants, mode.assistants)):
+        stages.append(distil_stage(config, name, model=name, teacher=names[index], seed=config.seed + 100 + index,
+                                   spec=spec, frozen=True, does=f"distil {name} from {names[index]}"))
+    stages.append(distil_stage(config, "student", model="student", teacher=names[-2], seed=config.seed,
+                               does=f"distil the student from {names[-2]}"))
+    stages.append(finish_stage(
+        config, lambda context: {**{name: context[name] for name in names[:-1]}, "baseline": context.get("baseline"),
+                                 "student": context["student"]},
+        reads=tuple(names), extra=lambda context: {"chain": [[name, count_parameters(context[name])] for name in names]}))
+    return stages

@@ -1,13 +1,11 @@
-"""What every regime shares: its run directory, data, stages trained with the ordinary trainer, and the final
-evaluation of every model it produced side by side. Each regime file only says who teaches whom."""
+"""What every regime shares: building its models, stages trained with the ordinary trainer, and the final
+evaluation of every model it produced side by side. Each regime file only says who teaches whom, as a list of
+stages (``plan(config, mode, given)``)."""
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -15,101 +13,117 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from distill.checkpoint import write_json_atomic
-from distill.config import Recipe, TrainingConfig
 from distill.errors import DistillError
-from distill.evaluate.report import evaluate_models
-from distill.models import build_model, count_parameters, export_model, load_weights
-from distill.objective import Objective
-from distill.run import TEACHER_SEED_OFFSET, RunData, RunResult, _check_outputs, _save_recipe, _stage
+from distill.evaluate.compare import evaluate_models
+from distill.models import TEACHER_SEED_OFFSET, build_seeded, build_teacher, check_outputs
+from distill.stages import RunContext, Stage, is_main_process, on_main
+from distill.training_stage import export_trained, train_stage
 
-
-@dataclass
-class ModeRun:
-    """One regime's run: the validated recipe, where it writes, its data, and the stages done so far."""
-    config: Recipe
-    run_dir: Path
-    data: RunData
-    resume: bool
-    show_progress: bool
-    given_teacher: nn.Module | None = None
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    def build(self, spec: Any, seed: int, weights: str | None = None) -> nn.Module:
-        """A model from its spec, initialised from ``seed`` alone (so resuming rebuilds the same weights)."""
-        torch.manual_seed(seed)
-        model = build_model(spec, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
-        if weights:
-            load_weights(model, weights)
-        return model
-
-    def check(self, models: dict[str, nn.Module | None]) -> None:
-        _check_outputs(models, self.data)
-        _save_recipe(self.config, self.run_dir)
-
-    def stage(self, name: str, model: nn.Module, spec: Any, *, objective: Objective, seed: int,
-              teacher: nn.Module | None = None, training: TrainingConfig | None = None,
-              data: RunData | None = None) -> nn.Module:
-        """Train (or, when resuming a finished stage, reload) one model with the ordinary trainer and export it
-        to ``run_dir/<name>``."""
-        trained, self.stages[name] = _stage(
-            name, model, spec, data or self.data, objective=objective, run_dir=self.run_dir, seed=seed,
-            resume=self.resume, teacher=teacher, training=training or self.config.training,
-            show_progress=self.show_progress)
-        return trained
-
-    def teacher(self, mode: str) -> tuple[nn.Module, Any]:
-        """The teacher module passed from Python, or the one the recipe's teacher section builds (untrained)."""
-        if self.given_teacher is not None:
-            return self.given_teacher, None
-        if self.config.teacher.model is None:
-            raise DistillError(f"mode {mode!r}: teacher.model is not set and no teacher module was passed")
-        spec = self.config.teacher.model
-        return self.build(spec, self.config.seed + TEACHER_SEED_OFFSET, self.config.teacher.weights), spec
-
-    def teacher_stage(self, name: str, teacher: nn.Module, spec: Any, train: TrainingConfig | None,
-                      data: RunData | None = None) -> nn.Module:
-        """Train ``teacher`` here on hard labels when ``train`` is given, then freeze it."""
-        self.check({name: teacher})
-        if train is not None:
-            teacher = self.stage(name, teacher, spec, objective=Objective.hard_labels(),
-                                 seed=self.config.seed + TEACHER_SEED_OFFSET, training=train, data=data)
-        return freeze(teacher)
-
-    def baseline(self, student: nn.Module, data: RunData | None = None) -> nn.Module | None:
-        """The student architecture from the same initial weights, trained on hard labels alone."""
-        if not self.config.baseline:
-            return None
-        return self.stage("baseline", copy.deepcopy(student), self.config.student.model,
-                          objective=Objective.hard_labels(), seed=self.config.seed, data=data)
-
-    def finish(self, models: dict[str, nn.Module | None], *, extra: dict[str, Any] | None = None,
-               student_stage: str = "student", student_spec: Any = None) -> RunResult:
-        """Evaluate every model on the test set (``teacher`` is the reference for agreement and gap recovered),
-        write ``metrics.json`` and return the run. A final student trained under another stage name is also
-        exported to ``student/``, where every run keeps it."""
-        present = {name: model.eval() for name, model in models.items() if model is not None}
-        if student_stage != "student" and "student" in present:
-            export_model(present["student"], student_spec, self.run_dir / "student",
-                         input_shape=self.data.input_shape, num_classes=self.data.num_classes)
-        # exported stages have a folder under their name (size on disk); combinations built in the run do not
-        metrics = evaluate_models(present, self.data.test, evaluation=self.config.evaluation,
-                                  model_dirs={name: self.run_dir / name for name in present
-                                              if (self.run_dir / name).is_dir()})
-        metrics.update({
-            "recipe": self.config.name, "seed": self.config.seed, "mode": self.config.mode.kind,  # type: ignore[union-attr]
-            "steps": self.stages.get(student_stage, {}).get("steps"), "stages": self.stages,
-            "data": self.data.summary, "wall_seconds": round(time.perf_counter() - self.started, 3), **(extra or {}),
-        })
-        write_json_atomic(self.run_dir / "metrics.json", metrics)
-        if self.show_progress:
-            print_models(metrics, list(present), self.run_dir)
-        return RunResult(self.run_dir, metrics, present.get("student"), present.get("teacher"),  # type: ignore[arg-type]
-                         present.get("baseline"))
+Models = Callable[[RunContext], dict[str, nn.Module | None]]
 
 
 def freeze(model: nn.Module) -> nn.Module:
     return model.eval().requires_grad_(False)
+
+
+def require_student_spec(config: Any, given: set[str]) -> None:
+    if "student" not in given and config.student.model is None:
+        raise DistillError(f"mode {config.mode.kind!r}: student.model is not set and no student module was passed")
+
+
+def build_mode_student(context: RunContext) -> nn.Module:
+    """The student module passed from Python, or the one ``student.model`` builds from the recipe's seed."""
+    config = context.config
+    if context.get("student") is not None:
+        return context["student"]
+    return build_seeded(config.student.model, context.data, config.seed, config.student.weights)
+
+
+def build_mode_teacher(context: RunContext) -> nn.Module:
+    """The teacher module passed from Python, or the one the recipe's teacher section builds (untrained when
+    ``teacher.train`` trains it in a later stage; frozen otherwise)."""
+    if context.get("teacher") is not None:
+        teacher = context["teacher"]
+    elif context.config.teacher.model is None:
+        raise DistillError(f"mode {context.config.mode.kind!r}: teacher.model is not set and no teacher module was passed")
+    else:
+        teacher = build_teacher(context.config, context.data)
+    return teacher if context.config.teacher.train is not None else freeze(teacher)
+
+
+def prepare_stage(does: str, run: Callable[[RunContext], None], writes: tuple[str, ...],
+                  given: set[str]) -> Stage:
+    """A regime's first stage: build its models and check them on two training samples (always runs)."""
+    return Stage("prepare", does, run, reads=("data", *sorted(given)), writes=writes)
+
+
+def require_classifier(data: Any, mode: str) -> None:
+    if data.num_classes is None:
+        raise DistillError(f"mode {mode!r} works on classification data (labels and a class count); this dataset "
+                           "has none")
+
+
+def checked(context: RunContext, models: dict[str, nn.Module | None]) -> None:
+    require_classifier(context.data, context.config.mode.kind)
+    check_outputs(models, context.data)
+
+
+def teacher_stages(config: Any, name: str = "teacher", train: Any = None, data: str = "data") -> list[Stage]:
+    """Train the teacher artifact ``name`` here on hard labels when ``train`` (default ``teacher.train``) is set."""
+    train = train if train is not None else config.teacher.train
+    if train is None:
+        return []
+    return [train_stage(name, model=name, does="train the teacher on hard labels", training=train,
+                        seed=config.seed + TEACHER_SEED_OFFSET, spec=config.teacher.model, data=data, frozen=True)]
+
+
+def baseline_stages(config: Any, *, model: str = "student", data: str = "data", training: Any = None,
+                    spec: Any = "recipe", name: str = "baseline", seed: int | None = None) -> list[Stage]:
+    """The student's architecture from the same initial weights, trained on hard labels alone."""
+    if not config.baseline:
+        return []
+    return [train_stage(name, model=model, copy_model=True, data=data, training=training or config.training,
+                        seed=config.seed if seed is None else seed,
+                        spec=config.student.model if spec == "recipe" else spec,
+                        does="the student's architecture on hard labels alone, from the same initial weights")]
+
+
+def distil_stage(config: Any, name: str, *, model: str, teacher: str, seed: int, spec: Any = "recipe",
+                 objective: Any = None, data: str = "data", frozen: bool = False, does: str = "") -> Stage:
+    """``model`` distilled from ``teacher`` with the recipe's objective (or ``objective``)."""
+    return train_stage(name, model=model, teacher=teacher, data=data, training=config.training, seed=seed,
+                       spec=config.student.model if spec == "recipe" else spec,
+                       objective=objective or config.objective, frozen=frozen,
+                       does=does or f"distil {model} from {teacher}")
+
+
+def finish_stage(config: Any, models: Models, *, reads: tuple[str, ...], extra: Callable[[RunContext], dict] | None = None,
+                 student_stage: str = "student", student_spec: Any = "recipe") -> Stage:
+    """Evaluate every model on the test set (``teacher`` is the reference for agreement and gap recovered) and
+    write ``metrics.json``. A final student trained under another stage name is also exported to ``student/``,
+    where every run keeps it."""
+    def run(context: RunContext) -> None:
+        run_dir, data = context.run_dir, context.data
+        present = {name: model.eval() for name, model in models(context).items() if model is not None}
+        if student_stage != "student" and "student" in present:
+            export_trained(present["student"], config.student.model if student_spec == "recipe" else student_spec,
+                           context, "student", data)
+        # exported stages have a folder under their name (size on disk); combinations built in the run do not
+        metrics = evaluate_models(present, data.test, evaluation=config.evaluation,
+                                  model_dirs={name: run_dir / name for name in present if (run_dir / name).is_dir()})
+        metrics.update({
+            "recipe": config.name, "seed": config.seed, "mode": config.mode.kind,
+            "steps": context.stages.get(student_stage, {}).get("steps"), "stages": dict(context.stages),
+            "data": data.summary, "wall_seconds": round(time.perf_counter() - context.started, 3),
+            **(extra(context) if extra else {}),
+        })
+        on_main(lambda: write_json_atomic(run_dir / "metrics.json", metrics))
+        context.artifacts.update(metrics=metrics, student=present.get("student"), teacher=present.get("teacher"),
+                                 baseline=present.get("baseline"))
+        if context.show_progress and is_main_process():
+            print_models(metrics, list(present), run_dir)
+    return Stage("evaluate", "evaluate every model on the test set side by side", run, reads=reads,
+                 writes=("metrics",), files=("metrics.json",) + (("student/",) if student_stage != "student" else ()))
 
 
 class ProbabilityEnsemble(nn.Module):
@@ -149,7 +163,7 @@ class ProbabilityEnsemble(nn.Module):
         return combined * self.temperature
 
 
-def print_models(metrics: dict[str, Any], names: list[str], run_dir: Path) -> None:
+def print_models(metrics: dict[str, Any], names: list[str], run_dir: Any) -> None:
     table = Table(title=f"{metrics.get('recipe')} ({metrics.get('mode')}; test set of {metrics.get('test_size')}, "
                         f"seed {metrics.get('seed')})")
     for column in ("model", "errors", "accuracy", "agrees w/ teacher", "params"):
@@ -163,13 +177,3 @@ def print_models(metrics: dict[str, Any], names: list[str], run_dir: Path) -> No
     if metrics.get("gap_recovered") is not None:
         console.print(f"gap recovered: {metrics['gap_recovered']:.1%}")
     console.print(f"results: {run_dir}/metrics.json  log: {run_dir}/log.jsonl")
-
-
-def parameter_count(model: nn.Module) -> int:
-    return count_parameters(model)
-
-
-def require_classifier(data: RunData, mode: str) -> None:
-    if data.num_classes is None:
-        raise DistillError(f"mode {mode!r} works on classification data (labels and a class count); this dataset "
-                           "has none")

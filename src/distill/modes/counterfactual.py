@@ -12,17 +12,18 @@ runs last, so every other captured signal belongs to it. Nothing is added to the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from distill.config import CounterfactualMode, ObjectiveConfig, TermConfig
+from distill.config import CounterfactualMode, ObjectiveConfig, Recipe, TermConfig
+from distill.data.tokens import probe_batch
 from distill.errors import DistillError
-from distill.modes.common import ModeRun, require_classifier
-from distill.objective import Objective
-from distill.run import RunResult
-from distill.trainer import probe_batch
+from distill.modes.common import (baseline_stages, build_mode_student, build_mode_teacher, checked, distil_stage,
+                                  finish_stage, prepare_stage, require_classifier, teacher_stages)
+from distill.stages import RunContext, Stage
 
 SIGNAL = "counterfactual"
 
@@ -100,11 +101,9 @@ def objective_with_interchange(config: ObjectiveConfig, mode: CounterfactualMode
     return ObjectiveConfig(temperature=config.temperature, terms=terms)
 
 
-def run(job: ModeRun, student, mode: CounterfactualMode) -> RunResult:
-    config = job.config
-    require_classifier(job.data, "counterfactual")
-    teacher, teacher_spec = job.teacher("counterfactual")
-    probe = probe_batch(job.data.train)
+def _check_locations(context: RunContext, mode: CounterfactualMode) -> None:
+    teacher, student = context["teacher"], context["student"]
+    probe = probe_batch(context.data.train)
     if "inputs" not in probe:
         raise DistillError("counterfactual: interventions are implemented for models called on one input tensor "
                            "(array datasets); this dataset gives keyword inputs (tokenised text)")
@@ -118,20 +117,39 @@ def run(job: ModeRun, student, mode: CounterfactualMode) -> RunResult:
                            f"{student_shape} vs teacher {mode.teacher!r} {teacher_shape}, and mode.adapter is false. "
                            "Choose locations of the same shape, set mode.adapter: true to learn a projection for the "
                            "aligned term, or mode.align_weight: 0 to intervene without comparing representations.")
-    job.check({"student": student})
-    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train)
-    baseline = job.baseline(student)
-    objective = Objective(objective_with_interchange(config.objective, mode))
-    attached = [Interchange(teacher, mode.teacher, "teacher"), Interchange(student, mode.student, "student")]
-    try:
-        trained = job.stage("student", student, config.student.model, objective=objective, seed=config.seed,
-                            teacher=teacher)
-    finally:
-        for intervention in attached:
-            intervention.remove()
-    return job.finish({"teacher": teacher, "baseline": baseline, "student": trained},
-                      extra={"interchange_agreement": interchange_agreement(
-                          teacher, trained, mode, job.data.test.inputs)})  # type: ignore[attr-defined]
+
+
+def plan(config: Recipe, mode: CounterfactualMode, given: set[str]) -> list[Stage]:
+    def prepare(context: RunContext) -> None:
+        require_classifier(context.data, "counterfactual")
+        context.artifacts["teacher"] = build_mode_teacher(context)
+        context.artifacts["student"] = build_mode_student(context)
+        _check_locations(context, mode)
+        checked(context, {"student": context["student"]})
+
+    distil = distil_stage(config, "student", model="student", teacher="teacher", seed=config.seed,
+                          objective=objective_with_interchange(config.objective, mode),
+                          does="distil the student, matching the teacher under interchange interventions")
+
+    def intervened(context: RunContext) -> dict[str, Any] | None:
+        attached = [Interchange(context["teacher"], mode.teacher, "teacher"),
+                    Interchange(context["student"], mode.student, "student")]
+        try:
+            return distil.run(context)
+        finally:
+            for intervention in attached:
+                intervention.remove()
+
+    def agreement(context: RunContext) -> dict[str, Any]:
+        return {"interchange_agreement": interchange_agreement(context["teacher"], context["student"], mode,
+                                                               context.data.test.inputs)}
+
+    return [prepare_stage("build teacher and student; check the aligned locations", prepare, ("teacher", "student"),
+                          given),
+            *teacher_stages(config), *baseline_stages(config), replace(distil, run=intervened),
+            finish_stage(config, lambda context: {"teacher": context["teacher"], "baseline": context.get("baseline"),
+                                                  "student": context["student"]},
+                         reads=("teacher", "student"), extra=agreement)]
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,13 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from distill.config import DataFreeMode
+from distill.config import DataFreeMode, Recipe
 from distill.data import ArrayDataset
 from distill.errors import DistillError
-from distill.modes.common import ModeRun, require_classifier
-from distill.objective import Objective
-from distill.run import RunResult
+from distill.modes.common import (build_mode_student, build_mode_teacher, checked, distil_stage, finish_stage,
+                                  prepare_stage, require_classifier, teacher_stages)
+from distill.stages import RunContext, Stage, on_main
+from distill.training_stage import export_trained
 
 SYNTHETIC_FILE = "synthetic.safetensors"
 
@@ -105,50 +107,75 @@ def synthesise(teacher: nn.Module, *, input_shape: tuple[int, ...], num_classes:
     return torch.cat(made_inputs), torch.cat(made_labels)
 
 
-def run(job: ModeRun, student, mode: DataFreeMode) -> RunResult:
-    config = job.config
-    require_classifier(job.data, "data_free")
-    teacher, teacher_spec = job.teacher("data_free")
-    if mode.method == "deep_inversion":
-        require_batch_norm(teacher)  # before training it, not after
-    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train)
-    job.check({"teacher": teacher, "student": student})
-    if mode.method == "adversarial":
-        return run_adversarial(job, student, teacher, mode)
-    path = job.run_dir / SYNTHETIC_FILE
-    if job.resume and path.is_file():
-        stored = load_file(str(path))
-        inputs, labels = stored["inputs"], stored["labels"]
-    else:
-        inputs, labels = synthesise(teacher, input_shape=tuple(job.data.input_shape), num_classes=job.data.num_classes,
-                                    mode=mode, seed=config.seed, show_progress=job.show_progress)
-        partial = path.with_suffix(".partial")
-        save_file({"inputs": inputs.contiguous(), "labels": labels.contiguous()}, str(partial))
-        os.replace(partial, path)
-    # The student sees synthetic inputs only; real validation data is left out of training as well.
-    synthetic = replace(job.data, train=ArrayDataset(inputs.numpy(), labels.numpy()), val=None)
-    trained = job.stage("student", student, config.student.model, objective=Objective(config.objective),
-                        seed=config.seed, teacher=teacher, data=synthetic)
-    counts = torch.bincount(labels, minlength=job.data.num_classes).tolist()
-    return job.finish({"teacher": teacher, "student": trained},
-                      extra={"synthetic": {"samples": int(len(labels)), "teacher_classes": counts}})
+def _synthesise_stage(config: Recipe, mode: DataFreeMode) -> Stage:
+    """DeepInversion inputs written to ``run_dir/synthetic.safetensors`` (atomically); on resume read back."""
+    def adopt(context: RunContext, inputs: Tensor, labels: Tensor) -> dict[str, Any]:
+        # The student sees synthetic inputs only; real validation data is left out of training as well.
+        context.artifacts["synthetic-data"] = replace(context.data, train=ArrayDataset(inputs.numpy(), labels.numpy()),
+                                                      val=None)
+        return {"samples": int(len(labels)),
+                "teacher_classes": torch.bincount(labels, minlength=context.data.num_classes).tolist()}
+
+    def run(context: RunContext) -> dict[str, Any]:
+        inputs, labels = synthesise(context["teacher"], input_shape=tuple(context.data.input_shape),
+                                    num_classes=context.data.num_classes, mode=mode, seed=config.seed,
+                                    show_progress=context.show_progress)
+        path = context.run_dir / SYNTHETIC_FILE
+
+        def write() -> None:
+            partial = path.with_suffix(".partial")
+            save_file({"inputs": inputs.contiguous(), "labels": labels.contiguous()}, str(partial))
+            os.replace(partial, path)
+        on_main(write)
+        return adopt(context, inputs, labels)
+
+    def restore(context: RunContext, done: dict[str, Any]) -> None:
+        stored = load_file(str(context.run_dir / SYNTHETIC_FILE))
+        adopt(context, stored["inputs"], stored["labels"])
+
+    return Stage("synthesise", f"DeepInversion: {mode.samples} inputs optimised from noise against the teacher's "
+                 "batch-norm statistics", run, reads=("teacher",), writes=("synthetic-data",),
+                 files=(SYNTHETIC_FILE,), restore=restore)
 
 
-def run_adversarial(job: ModeRun, student, teacher, mode: DataFreeMode) -> RunResult:
-    from distill.models import export_model, load_saved
+def _adversarial_stage(config: Recipe, mode: DataFreeMode) -> Stage:
+    from distill.models import load_saved
     from distill.modes.adversarial import train_adversarial
-    from distill.trainer import mark_stage_done, stage_done
 
-    config = job.config
-    done = stage_done(job.run_dir, "student")
-    if done is not None and job.resume:
-        trained, job.stages["student"] = load_saved(job.run_dir / "student").eval(), done
-    else:
-        job.stages["student"] = train_adversarial(
-            student, teacher, input_shape=tuple(job.data.input_shape), mode=mode, training=config.training,  # type: ignore[arg-type]
-            run_dir=job.run_dir, seed=config.seed, resume=job.resume, show_progress=job.show_progress)
-        export_model(student, config.student.model, job.run_dir / "student", input_shape=job.data.input_shape,
-                     num_classes=job.data.num_classes)
-        mark_stage_done(job.run_dir, "student", job.stages["student"])
-        trained = student
-    return job.finish({"teacher": teacher, "student": trained}, extra={"method": "adversarial"})
+    def run(context: RunContext) -> dict[str, Any]:
+        student = context["student"]
+        facts = train_adversarial(student, context["teacher"], input_shape=tuple(context.data.input_shape),
+                                  mode=mode, training=config.training, run_dir=context.run_dir, seed=config.seed,
+                                  resume=context.resume, show_progress=context.show_progress)
+        export_trained(student, config.student.model, context, "student", context.data)
+        return facts
+
+    def restore(context: RunContext, done: dict[str, Any]) -> None:
+        context.artifacts["student"] = load_saved(context.run_dir / "student").eval()
+
+    return Stage("student", "a generator searches for inputs where student and teacher disagree; the student "
+                 "learns to agree on them", run, reads=("teacher", "student"), writes=("student",),
+                 files=("student/", "checkpoints/student/"), restore=restore)
+
+
+def plan(config: Recipe, mode: DataFreeMode, given: set[str]) -> list[Stage]:
+    def prepare(context: RunContext) -> None:
+        require_classifier(context.data, "data_free")
+        context.artifacts["teacher"] = build_mode_teacher(context)
+        if mode.method == "deep_inversion":
+            require_batch_norm(context["teacher"])  # before training it, not after
+        context.artifacts["student"] = build_mode_student(context)
+        checked(context, {"teacher": context["teacher"], "student": context["student"]})
+
+    stages = [prepare_stage("build teacher and student; check them", prepare, ("teacher", "student"), given),
+              *teacher_stages(config)]
+    if mode.method == "adversarial":
+        return [*stages, _adversarial_stage(config, mode),
+                finish_stage(config, lambda context: {"teacher": context["teacher"], "student": context["student"]},
+                             reads=("teacher", "student"), extra=lambda context: {"method": "adversarial"})]
+    return [*stages, _synthesise_stage(config, mode),
+            distil_stage(config, "student", model="student", teacher="teacher", seed=config.seed,
+                         data="synthetic-data", does="distil the student on the synthetic inputs alone"),
+            finish_stage(config, lambda context: {"teacher": context["teacher"], "student": context["student"]},
+                         reads=("teacher", "student"),
+                         extra=lambda context: {"synthetic": context.stages["synthesise"]})]

@@ -4,30 +4,42 @@ teacher's own outputs stay addressable as signals ``<name>`` and ``<name>.<modul
 
 from __future__ import annotations
 
-from distill.config import MultiTeacherMode
-from distill.modes.common import ModeRun, ProbabilityEnsemble, freeze, require_classifier
-from distill.objective import Objective
-from distill.run import RunResult
+from distill.config import MultiTeacherMode, Recipe
+from distill.models import TEACHER_SEED_OFFSET, build_seeded
+from distill.modes.common import (ProbabilityEnsemble, baseline_stages, build_mode_student, checked, distil_stage,
+                                  finish_stage, freeze, prepare_stage)
+from distill.stages import RunContext, Stage
+from distill.training_stage import train_stage
 
 
-def run(job: ModeRun, student, mode: MultiTeacherMode) -> RunResult:
-    config = job.config
-    require_classifier(job.data, "multi_teacher")
-    built = {spec.name: job.build(spec.model, config.seed + 1000 + 17 * index, spec.weights)
-             for index, spec in enumerate(mode.teachers)}
-    # Every teacher, and the student, must speak the data's label set: checked before anything trains.
-    job.check({f"teacher {name!r}": model for name, model in built.items()} | {"student": student})
-    teachers = {}
-    for index, spec in enumerate(mode.teachers):
-        model = built[spec.name]
-        if spec.train is not None:
-            model = job.stage(f"teacher-{spec.name}", model, spec.model, objective=Objective.hard_labels(),
-                              seed=config.seed + 1000 + 17 * index, training=spec.train)
-        teachers[spec.name] = freeze(model)
-    ensemble = freeze(ProbabilityEnsemble(teachers, temperature=config.objective.temperature, weights=mode.weights,
-                                          combine=mode.combine))
-    baseline = job.baseline(student)
-    trained = job.stage("student", student, config.student.model, objective=Objective(config.objective),
-                        seed=config.seed, teacher=ensemble)
-    return job.finish({"teacher": ensemble, **{f"teacher-{name}": model for name, model in teachers.items()},
-                       "baseline": baseline, "student": trained})
+def plan(config: Recipe, mode: MultiTeacherMode, given: set[str]) -> list[Stage]:
+    names = [f"teacher-{spec.name}" for spec in mode.teachers]
+    seeds = [config.seed + TEACHER_SEED_OFFSET + 17 * index for index in range(len(mode.teachers))]
+
+    def prepare(context: RunContext) -> None:
+        for name, seed, spec in zip(names, seeds, mode.teachers):
+            context.artifacts[name] = build_seeded(spec.model, context.data, seed, spec.weights)
+        context.artifacts["student"] = build_mode_student(context)
+        # every teacher, and the student, must speak the data's label set: checked before anything trains
+        checked(context, {f"teacher {spec.name!r}": context[name] for name, spec in zip(names, mode.teachers)}
+                | {"student": context["student"]})
+
+    def combine(context: RunContext) -> None:
+        members = {spec.name: freeze(context[name]) for name, spec in zip(names, mode.teachers)}
+        context.artifacts["teacher"] = freeze(ProbabilityEnsemble(
+            members, temperature=config.objective.temperature, weights=mode.weights, combine=mode.combine))
+
+    stages = [prepare_stage("build every teacher and the student; check them", prepare, (*names, "student"), given)]
+    stages += [train_stage(name, model=name, does=f"train teacher {spec.name!r} on hard labels", training=spec.train,
+                           seed=seed, spec=spec.model, frozen=True)
+               for name, seed, spec in zip(names, seeds, mode.teachers) if spec.train is not None]
+    stages += [Stage("ensemble", f"combine the teachers ({mode.combine} weights) into one frozen teacher", combine,
+                     reads=tuple(names), writes=("teacher",)),
+               *baseline_stages(config),
+               distil_stage(config, "student", model="student", teacher="teacher", seed=config.seed,
+                            does="distil the student from the combined teachers"),
+               finish_stage(config, lambda context: {"teacher": context["teacher"],
+                                                     **{name: context[name] for name in names},
+                                                     "baseline": context.get("baseline"), "student": context["student"]},
+                            reads=("teacher", "student"))]
+    return stages

@@ -8,17 +8,17 @@ every peer, its teacher terms (soft_kl) reading the other peers through ``peer_k
 
 from __future__ import annotations
 
-import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from distill.config import MutualMode, ObjectiveConfig, TermConfig
+from distill.config import MutualMode, ObjectiveConfig, Recipe, TermConfig
 from distill.errors import DistillError
-from distill.models import export_model
-from distill.modes.common import ModeRun, require_classifier
-from distill.objective import Objective
-from distill.run import RunResult
+from distill.models import build_seeded
+from distill.modes.common import checked, finish_stage, prepare_stage
+from distill.stages import RunContext, Stage
+from distill.training_stage import export_trained, train_stage
 
 
 class PeerGroup(nn.Module):
@@ -54,25 +54,38 @@ def peer_objective(objective: ObjectiveConfig, peers: int) -> ObjectiveConfig:
     return ObjectiveConfig(temperature=objective.temperature, terms=terms)
 
 
-def run(job: ModeRun, student, mode: MutualMode) -> RunResult:
-    config = job.config
-    require_classifier(job.data, "mutual")
-    peers = [job.build(spec, config.seed + 31 * index) for index, spec in enumerate(mode.peers)]
-    job.check({f"peer {index}": peer for index, peer in enumerate(peers)})
-    objective = Objective(peer_objective(config.objective, len(peers)))
-    alone = {}
-    if config.baseline:
-        for index, (spec, peer) in enumerate(zip(mode.peers, peers)):
-            alone[f"alone-{index}"] = job.stage(f"alone-{index}", copy.deepcopy(peer), spec, objective=Objective.hard_labels(),
-                                                seed=config.seed + 31 * index)
-    group = PeerGroup(peers)
-    done = job.stage("peers", group, None, objective=objective, seed=config.seed)
-    trained = list(done.peers)  # type: ignore[attr-defined]
-    for index, (spec, peer) in enumerate(zip(mode.peers, trained)):
-        export_model(peer, spec, job.run_dir / f"peer-{index}", input_shape=job.data.input_shape,
-                     num_classes=job.data.num_classes)
-    models = {f"peer-{index}": peer for index, peer in enumerate(trained)}
-    # "teacher" is the first (usually largest) peer and "student" the last, so agreement and the exported
-    # student/ read as in any run; "ensemble" is the peers' mean logits.
-    return job.finish({"teacher": trained[0], **models, "ensemble": done, **alone, "student": trained[-1]},
-                      student_stage="peers", student_spec=mode.peers[-1])
+def plan(config: Recipe, mode: MutualMode, given: set[str]) -> list[Stage]:
+    objective = peer_objective(config.objective, len(mode.peers))  # refused here, before anything is built
+    seeds = [config.seed + 31 * index for index in range(len(mode.peers))]
+    peers = [f"peer-{index}" for index in range(len(mode.peers))]
+
+    def prepare(context: RunContext) -> None:
+        for name, spec, seed in zip(peers, mode.peers, seeds):
+            context.artifacts[name] = build_seeded(spec, context.data, seed)
+        checked(context, {f"peer {index}": context[name] for index, name in enumerate(peers)})
+        context.artifacts["peer-group"] = PeerGroup([context[name] for name in peers])
+
+    def split(context: RunContext) -> None:
+        for name, spec, peer in zip(peers, mode.peers, context["peers"].peers):
+            context.artifacts[name] = peer
+            export_trained(peer, spec, context, name, context.data)
+
+    stages = [prepare_stage("build the peers; check them", prepare, (*peers, "peer-group"), given)]
+    if config.baseline:  # each peer's architecture alone, on hard labels
+        stages += [train_stage(f"alone-{index}", model=name, copy_model=True, training=config.training, seed=seed,
+                               spec=spec, does=f"peer {index}'s architecture alone, on hard labels")
+                   for index, (name, spec, seed) in enumerate(zip(peers, mode.peers, seeds))]
+    stages += [train_stage("peers", model="peer-group", objective=objective, training=config.training,
+                           seed=config.seed, does="train the peers together, each against the others"),
+               Stage("split", "export each trained peer", split, reads=("peers",), writes=tuple(peers),
+                     files=tuple(f"{name}/" for name in peers))]
+
+    def models(context: RunContext) -> dict[str, Any]:
+        # "teacher" is the first (usually largest) peer and "student" the last, so agreement and the exported
+        # student/ read as in any run; "ensemble" is the peers' mean logits.
+        alone = {f"alone-{index}": context[f"alone-{index}"] for index in range(len(peers)) if config.baseline}
+        return {"teacher": context[peers[0]], **{name: context[name] for name in peers}, "ensemble": context["peers"],
+                **alone, "student": context[peers[-1]]}
+
+    stages.append(finish_stage(config, models, reads=tuple(peers), student_stage="peers", student_spec=mode.peers[-1]))
+    return stages

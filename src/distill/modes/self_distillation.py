@@ -8,15 +8,18 @@ exit's: cross_entropy terms on its logits (and the final output's), soft_kl term
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from distill.config import ObjectiveConfig, SelfDistillationMode, TermConfig
+from distill.config import ObjectiveConfig, Recipe, SelfDistillationMode, TermConfig
+from distill.data.tokens import probe_batch
 from distill.errors import DistillError
-from distill.modes.common import ModeRun, require_classifier
-from distill.objective import Objective
-from distill.run import RunResult
-from distill.trainer import probe_batch
+from distill.modes.common import baseline_stages, build_mode_student, checked, finish_stage, prepare_stage, require_classifier
+from distill.stages import RunContext, Stage
+from distill.training_stage import train_stage
 
 
 def exit_head(feature: Tensor, num_classes: int) -> nn.Module:
@@ -105,24 +108,43 @@ def exit_objective(objective: ObjectiveConfig, exits: int) -> ObjectiveConfig:
     return ObjectiveConfig(temperature=objective.temperature, terms=terms)
 
 
-def run(job: ModeRun, student, mode: SelfDistillationMode) -> RunResult:
-    config = job.config
-    require_classifier(job.data, "self_distillation")
-    probe = probe_batch(job.data.train)
-    if "inputs" not in probe:
-        raise DistillError("self_distillation: exits are implemented for models called on one input tensor")
-    # exits checked (and the objective built) before anything trains
-    wrapped = WithExits(student, mode.exits, probe["inputs"], job.data.num_classes)  # type: ignore[arg-type]
-    objective = Objective(exit_objective(config.objective, len(mode.exits)))
-    job.check({"student": student})
-    wrapped.remove()
-    baseline = job.baseline(student)
-    torch.manual_seed(config.seed + 7)  # the exits' initial weights depend on the seed alone
-    wrapped = WithExits(student, mode.exits, probe["inputs"], job.data.num_classes)  # type: ignore[arg-type]
-    trained = job.stage("self-distillation", wrapped, None, objective=objective, seed=config.seed)
-    exits = {f"exit-{index}": ExitView(trained, index) for index in range(len(mode.exits))}  # type: ignore[arg-type]
-    result = job.finish({**exits, "baseline": baseline, "student": trained.model},  # type: ignore[union-attr]
-                        student_stage="self-distillation", student_spec=config.student.model,
-                        extra={"exits": list(mode.exits)})
-    trained.remove()  # type: ignore[union-attr]
-    return result
+def plan(config: Recipe, mode: SelfDistillationMode, given: set[str]) -> list[Stage]:
+    objective = exit_objective(config.objective, len(mode.exits))  # refused here, before anything is built
+
+    def attach(context: RunContext) -> None:
+        probe = probe_batch(context.data.train)
+        if "inputs" not in probe:
+            raise DistillError("self_distillation: exits are implemented for models called on one input tensor")
+        context.artifacts["student-with-exits"] = WithExits(context["student"], mode.exits, probe["inputs"],
+                                                            context.data.num_classes)
+
+    def prepare(context: RunContext) -> None:
+        require_classifier(context.data, "self_distillation")
+        context.artifacts["student"] = build_mode_student(context)
+        attach(context)  # exits checked before anything trains
+        context["student-with-exits"].remove()
+        checked(context, {"student": context["student"]})
+
+    def exits_seeded(context: RunContext) -> None:
+        torch.manual_seed(config.seed + 7)  # the exits' initial weights depend on the seed alone
+        attach(context)
+
+    def models(context: RunContext) -> dict[str, Any]:
+        trained = context["self-distillation"]
+        return {**{f"exit-{index}": ExitView(trained, index) for index in range(len(mode.exits))},
+                "baseline": context.get("baseline"), "student": trained.model}
+
+    def finish(context: RunContext) -> None:
+        evaluate.run(context)
+        context["self-distillation"].remove()
+
+    evaluate = finish_stage(config, models, reads=("self-distillation",), student_stage="self-distillation",
+                            extra=lambda context: {"exits": list(mode.exits)})
+    return [prepare_stage("build the student; check its exits", prepare, ("student",), given),
+            *baseline_stages(config),
+            Stage("exits", "attach the exits to the student (initial weights from the seed)", exits_seeded,
+                  reads=("student",), writes=("student-with-exits",)),
+            train_stage("self-distillation", model="student-with-exits", objective=objective,
+                        training=config.training, seed=config.seed,
+                        does="train the student and its exits, each exit against the final output"),
+            replace(evaluate, run=finish)]

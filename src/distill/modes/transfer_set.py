@@ -9,15 +9,17 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from typing import Any
+
 import numpy as np
 
-from distill.config import TransferSetMode
+from distill.config import Recipe, TransferSetMode
 from distill.data import ArrayDataset
 from distill.data.arrays import split_indices
 from distill.errors import DistillError
-from distill.modes.common import ModeRun, require_classifier
-from distill.objective import Objective
-from distill.run import RunResult
+from distill.modes.common import (baseline_stages, build_mode_student, build_mode_teacher, checked, distil_stage,
+                                  finish_stage, prepare_stage, require_classifier, teacher_stages)
+from distill.stages import RunContext, Stage
 
 UNLABELLED = -100  # cross_entropy's ignore_index: these examples only meet the teacher
 
@@ -28,10 +30,11 @@ def labelled_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
     return np.sort(split_indices(labels, count, seed)[1])
 
 
-def run(job: ModeRun, student, mode: TransferSetMode) -> RunResult:
-    config = job.config
-    require_classifier(job.data, "transfer_set")
-    train = job.data.train
+def _datasets(context: RunContext, mode: TransferSetMode) -> None:
+    """``student-data``: every training input, labels kept for the labelled share only (plus the unlabelled
+    pool); ``labelled-data``: the labelled share alone."""
+    config, data = context.config, context.data
+    train = data.train
     if not isinstance(train, ArrayDataset):
         raise DistillError("transfer_set works on array datasets (built-in or file data with labels)")
     inputs, labels = train.inputs.numpy(), train.labels.numpy()
@@ -40,35 +43,42 @@ def run(job: ModeRun, student, mode: TransferSetMode) -> RunResult:
     masked[labelled] = labels[labelled]
     pool = unlabelled_inputs(mode, config.seed, inputs.shape[1:]) if mode.unlabelled is not None else None
     if pool is not None:
-        inputs_all = np.concatenate([inputs, pool.astype(inputs.dtype)])
+        inputs = np.concatenate([inputs, pool.astype(inputs.dtype)])
         masked = np.concatenate([masked, np.full(len(pool), UNLABELLED, dtype=masked.dtype)])
-    else:
-        inputs_all = inputs
-    student_data = replace(job.data, train=ArrayDataset(inputs_all, masked))
-    labelled_data = replace(job.data, train=ArrayDataset(inputs[labelled], labels[labelled]))
-    teacher, teacher_spec = job.teacher("transfer_set")
-    teacher = job.teacher_stage("teacher", teacher, teacher_spec, config.teacher.train,
-                                data=labelled_data if mode.teacher_labels == "labelled" else None)
-    job.check({"teacher": teacher, "student": student})
-    baseline = None
-    if config.baseline:
-        # Same number of optimizer steps as the student, so the baseline is not short of training, only of labels.
-        per_epoch = max(1, len(masked) // (config.training.batch_size * config.training.grad_accum))
-        steps = config.training.max_steps or max(1, math.ceil((config.training.epochs or 1) * per_epoch))
-        # ... and validated / checkpointed as often, not every few steps of its small epochs
-        training = config.training.model_copy(update={
-            "max_steps": steps, "eval_every": config.training.eval_every or per_epoch,
-            "checkpoint_every": config.training.checkpoint_every or per_epoch})
-        import copy
+    context.artifacts["student-data"] = replace(data, train=ArrayDataset(inputs, masked))
+    context.artifacts["labelled-data"] = replace(data, train=ArrayDataset(train.inputs.numpy()[labelled],
+                                                                          labels[labelled]))
+    context.artifacts["counts"] = {"labelled": int(len(labelled)), "unlabelled": int(len(masked) - len(labelled)),
+                                   "unlabelled_pool": 0 if pool is None else int(len(pool))}
 
-        baseline = job.stage("baseline", copy.deepcopy(student), config.student.model,
-                             objective=Objective.hard_labels(), seed=config.seed, training=training,
-                             data=labelled_data)
-    trained = job.stage("student", student, config.student.model, objective=Objective(config.objective),
-                        seed=config.seed, teacher=teacher, data=student_data)
-    return job.finish({"teacher": teacher, "baseline": baseline, "student": trained},
-                      extra={"labelled": int(len(labelled)), "unlabelled": int(len(masked) - len(labelled)),
-                             "unlabelled_pool": 0 if pool is None else int(len(pool))})
+
+def _baseline_training(context: RunContext) -> Any:
+    """As many optimizer steps as the student takes (over all its inputs), so the baseline is not short of
+    training, only of labels; validated and checkpointed as often, not every few steps of its small epochs."""
+    training = context.config.training
+    per_epoch = max(1, len(context["student-data"].train) // (training.batch_size * training.grad_accum))
+    steps = training.max_steps or max(1, math.ceil((training.epochs or 1) * per_epoch))
+    return training.model_copy(update={"max_steps": steps, "eval_every": training.eval_every or per_epoch,
+                                       "checkpoint_every": training.checkpoint_every or per_epoch})
+
+
+def plan(config: Recipe, mode: TransferSetMode, given: set[str]) -> list[Stage]:
+    def prepare(context: RunContext) -> None:
+        require_classifier(context.data, "transfer_set")
+        _datasets(context, mode)
+        context.artifacts["teacher"] = build_mode_teacher(context)
+        context.artifacts["student"] = build_mode_student(context)
+        checked(context, {"teacher": context["teacher"], "student": context["student"]})
+
+    return [prepare_stage("keep the labels of a stratified share of the training set; build teacher and student",
+                          prepare, ("student-data", "labelled-data", "counts", "teacher", "student"), given),
+            *teacher_stages(config, data="labelled-data" if mode.teacher_labels == "labelled" else "data"),
+            *baseline_stages(config, data="labelled-data", training=_baseline_training),
+            distil_stage(config, "student", model="student", teacher="teacher", seed=config.seed, data="student-data",
+                         does="distil the student: the teacher's targets on every input, labels where kept"),
+            finish_stage(config, lambda context: {"teacher": context["teacher"], "baseline": context.get("baseline"),
+                                                  "student": context["student"]},
+                         reads=("teacher", "student"), extra=lambda context: dict(context["counts"]))]
 
 
 def unlabelled_inputs(mode: TransferSetMode, seed: int, input_shape: tuple[int, ...]) -> np.ndarray:

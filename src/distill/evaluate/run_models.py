@@ -1,0 +1,37 @@
+"""A run's models evaluated the way its recipe says: classification metrics, LM perplexity, or embedding
+fidelity. Shared by the evaluation stage of a run and by ``distill eval`` on a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+def evaluation_task(config: Any, data: Any) -> str:
+    task = config.evaluation.task
+    if task != "auto":
+        return task
+    if config.data.is_language_modeling:
+        return "language-modeling"
+    return "classification" if data.num_classes is not None else "embedding"
+
+
+def evaluate_run_models(config: Any, models: dict[str, nn.Module], data: Any, run_dir: Path, *,
+                        show_progress: bool = False, vocab_size: int | None = None) -> dict[str, Any]:
+    task = evaluation_task(config, data)
+    model_dirs = {name: run_dir / name for name in models}
+    if task == "language-modeling":
+        from distill.evaluate.lm import evaluate_language_models
+
+        return evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=vocab_size,
+                                        model_dirs=model_dirs)
+    if task == "classification":
+        from distill.evaluate.compare import evaluate_models
+
+        return evaluate_models(models, data.test, evaluation=config.evaluation, show_progress=show_progress,
+                               model_dirs=model_dirs)
+    from distill.evaluate.report import evaluate_embeddings
+
+    return evaluate_embeddings(models, data.test, evaluation=config.evaluation)
