@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader
 from distill.config import ObjectiveConfig, TrainingConfig
 from distill.data import ArrayDataset, load_builtin
 from distill.losses.logits import cross_entropy, soft_kl
-from distill.models import MLP
+from distill.nets import MLP
 from distill.objective import Objective
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from common import fmt, write_results  # noqa: E402
 from distill.capture import SignalCapture  # noqa: E402
 from distill.losses.logits import cross_entropy, soft_kl  # noqa: E402
-from distill.models import CNN  # noqa: E402
+from distill.nets import CNN  # noqa: E402
 
 HOOKED = ["features.2", "features.6", "features.10", "head:input"]
 

@@ -3,7 +3,7 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from distill.causal_lm import load_tokenizer
+from distill.data.lm_tokenizer import load_tokenizer
 
 TOKENIZER = "builtin:kjv-bpe-512"
 

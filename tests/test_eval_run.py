@@ -6,14 +6,15 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import mlp
 
 import distill
 from distill.cli import main
-from distill.compress import make_pruning_permanent, prune_magnitude, quantize_int8, weight_sparsity
+from distill.compress import make_pruning_permanent, prune_magnitude, weight_sparsity
 from distill.data import ArrayDataset, load_builtin
 from distill.evaluate.metrics import predict_logits
 from distill.models import load_saved
-from helpers import mlp
+from distill.quantized import quantize_int8
 
 QUICK = ["teacher.train.epochs=3", "training.epochs=2", "evaluation.latency_runs=5", "evaluation.latency_b1_runs=20",
          "compress.quantize=int8", "compress.prune=0.5", "compress.finetune_steps=20"]
@@ -249,8 +250,9 @@ def test_compress_section_is_validated():
 
 
 def test_eval_refuses_a_run_whose_data_came_from_python(tmp_path):
-    from distill.run import RunData
     from helpers import blobs
+
+    from distill.run import RunData
 
     everything = blobs(160)
     data = RunData(train=ArrayDataset(everything.inputs[:128].numpy(), everything.labels[:128].numpy()), val=None,

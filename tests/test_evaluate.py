@@ -4,15 +4,21 @@ import math
 
 import pytest
 import torch
+from helpers import blobs, mlp
 
 from distill.config import EvaluationConfig
 from distill.data import ArrayDataset
 from distill.errors import DistillError
 from distill.evaluate.compare import evaluate_models
-from distill.evaluate.metrics import (calibration, confusion_matrix, inherited_errors, macro_f1, mean_jsd_to_teacher,
-                                      mean_kl_to_teacher)
+from distill.evaluate.metrics import (
+    calibration,
+    confusion_matrix,
+    inherited_errors,
+    macro_f1,
+    mean_jsd_to_teacher,
+    mean_kl_to_teacher,
+)
 from distill.evaluate.speed import latency_ms, peak_forward_memory, weight_bytes
-from helpers import blobs, mlp
 
 
 def one_hot_logits(predictions, num_classes=3):

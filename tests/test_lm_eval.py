@@ -3,12 +3,12 @@ materialised logits; cost measured for every model."""
 
 import pytest
 import torch
+from lm_helpers import tiny_llama, tokenizer
 
 from distill.config import EvaluationConfig
 from distill.data.lm import pack_texts
 from distill.evaluate.lm import evaluate_language_models
 from distill.evaluate.metrics import calibration, inherited_errors
-from lm_helpers import tiny_llama, tokenizer
 
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
         "and darkness was upon the face of the deep. ") * 6

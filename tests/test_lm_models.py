@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, PreTrainedTokenizerFast
+from lm_helpers import TOKENIZER, tiny_llama, tokenizer
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from distill.capture import FinalHidden, SignalCapture
 from distill.causal_lm import check_fits_in_memory, shared_vocab_size
@@ -15,7 +16,6 @@ from distill.errors import DistillError
 from distill.losses.lm import token_kd
 from distill.losses.tokens import dense_token_kd
 from distill.models import build_model, load_hf_model
-from lm_helpers import TOKENIZER, tiny_llama, tokenizer
 
 
 def _word_tokenizer(words):
@@ -95,7 +95,7 @@ def test_builtin_tokenizer_is_cached_and_chat_capable():
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True).endswith("<|im_start|>assistant\n")
     with pytest.raises(DistillError, match="builtin:kjv-bpe-N"):
-        from distill.causal_lm import load_tokenizer
+        from distill.data.lm_tokenizer import load_tokenizer
 
         load_tokenizer("builtin:gpt5")
 

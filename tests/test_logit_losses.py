@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from distill.config import ObjectiveConfig
-from distill.losses.logits import cross_entropy, logit_mse, soft_cross_entropy, soft_kl, teacher_label_ce
+from distill.losses.logits import (
+    cross_entropy,
+    logit_mse,
+    soft_cross_entropy,
+    soft_kl,
+    teacher_label_ce,
+)
 from distill.objective import Objective
 
 

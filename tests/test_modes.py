@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import blobs
 from torch import nn
 
 import distill
@@ -16,16 +17,16 @@ from distill.data import ArrayDataset
 from distill.errors import DistillError
 from distill.losses.logits import cross_entropy
 from distill.losses.peers import peer_kl
-from distill.models import MLP, export_model, load_saved
+from distill.models import export_model, load_saved
 from distill.modes.assistant_chain import check_shrinks
 from distill.modes.common import ProbabilityEnsemble
 from distill.modes.counterfactual import Interchange, source_of
 from distill.modes.data_free import statistics_loss, synthesise
 from distill.modes.mutual import PeerGroup, peer_objective
 from distill.modes.transfer_set import UNLABELLED, labelled_split
+from distill.nets import MLP
 from distill.objective import Objective
 from distill.run import RunData
-from helpers import blobs
 
 FEATURES, CLASSES = 12, 4
 
@@ -410,8 +411,8 @@ def test_statistics_loss_by_hand():
 
 def test_deep_inversion_steers_the_teacher_and_its_batch_statistics():
     from distill.config import DataFreeMode
-    from distill.models import CNN
     from distill.modes.data_free import batch_norm_layers
+    from distill.nets import CNN
 
     torch.manual_seed(0)
     teacher = CNN((1, 16), [8, 16], 3)
@@ -448,8 +449,8 @@ def test_deep_inversion_steers_the_teacher_and_its_batch_statistics():
 
 def test_jitter_rolls_every_spatial_axis_by_at_most_its_size_and_changes_the_synthesis():
     from distill.config import DataFreeMode
-    from distill.models import CNN
     from distill.modes.data_free import _jittered
+    from distill.nets import CNN
 
     images = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7)
     assert _jittered(images, 0, torch.Generator()) is images

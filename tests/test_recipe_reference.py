@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from distill import config
 from distill.cli import main
-from distill.recipe_reference import REGENERATE, all_models, render_markdown, render_text, walk
+from distill.recipe_reference import REGENERATE, render_markdown, render_text
+from distill.recipe_schema import all_models, walk
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 
@@ -47,7 +48,8 @@ def test_rows_show_dotted_paths_types_defaults_and_constraints():
     assert row_cells(markdown, "training.momentum")[3] == "`>= 0, < 1`"
     assert row_cells(markdown, "training.optimizer")[3] == "`one of: sgd, adamw, adam`"
     assert row_cells(markdown, "data.val_size")[1:3] == [r"float \| null", "`null`"]
-    assert row_cells(markdown, "student")[2] == "required"
+    assert row_cells(markdown, "data")[2] == "required"
+    assert row_cells(markdown, "student")[2] == "(section defaults)"  # a teacher-only recipe has none
     assert row_cells(markdown, "objective.terms[].loss")[2] == "required"
     assert row_cells(markdown, "mode.teachers[].name")[3] == "`matches ^[A-Za-z_][A-Za-z0-9_]*$`"
     # a model spec sits at several places, so its fields are shown by name, with where it is used

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import blobs, mlp
 
 import distill
 from distill.data import ArrayDataset
@@ -13,7 +14,6 @@ from distill.errors import DistillError
 from distill.evaluate.metrics import predict_logits
 from distill.models import load_saved
 from distill.run import RunData
-from helpers import blobs, mlp
 
 QUICK = ["teacher.train.epochs=4", "training.epochs=3", "evaluation.latency_runs=5"]
 

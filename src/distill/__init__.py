@@ -7,8 +7,8 @@
 
 from distill.config import Recipe, load_recipe
 from distill.errors import DistillError
+from distill.version import __version__  # noqa: F401  (distill.__version__)
 
-__version__ = "0.1.0"
 __all__ = ["DistillError", "Recipe", "load_recipe", "train"]
 
 

@@ -14,11 +14,6 @@ that must pass before any training (memory, shared vocabulary, a plain linear ou
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +21,10 @@ import torch
 from torch import nn
 
 from distill.config import HFConfigSpec, HFSpec
+from distill.data.lm_tokenizer import load_tokenizer
 from distill.errors import DistillError
+from distill.model_sources import resolve_hf_path
 
-_GGUF_CACHE_FORMAT = 1
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -85,52 +81,6 @@ def build_from_config(spec: HFConfigSpec, *, vocab_size: int | None = None) -> n
     return model.to(getattr(torch, spec.dtype))
 
 
-def gguf_folder(gguf_file: Path, cache_dir: str | Path | None = None) -> str:
-    """A Hugging Face folder (fp32 safetensors + tokenizer) made once from a GGUF checkpoint, cached."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from distill.data.builtin import resolve_cache_dir
-
-    folder = (resolve_cache_dir(cache_dir)
-              / f"gguf-{gguf_file.stem}-{gguf_file.stat().st_size}-v{_GGUF_CACHE_FORMAT}")
-    if (folder / "model.safetensors").is_file():
-        return str(folder)
-    try:
-        import gguf  # noqa: F401 - transformers needs it to read the file
-    except ImportError:
-        raise DistillError(f"{gguf_file.name} is a GGUF checkpoint; reading it needs the package gguf "
-                           "(pip install gguf)") from None
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    quantised = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
-                                                     dtype=torch.float32)
-    # A model loaded from GGUF refuses save_pretrained: rebuild a plain one from its config and copy the weights.
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(quantised.state_dict())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + "."))
-    try:
-        plain.save_pretrained(str(temporary), safe_serialization=True)
-        tokenizer.save_pretrained(str(temporary))
-        (temporary / "distill_source.json").write_text(json.dumps({
-            "gguf_file": str(gguf_file), "note": "weights de-quantised from the GGUF file to float32; not the "
-                                                 "original checkpoint"}, indent=2))
-        try:
-            os.replace(temporary, folder)
-        except OSError:
-            if not (folder / "model.safetensors").is_file():
-                raise
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(temporary)
-    return str(folder)
-
-
 def check_linear_head(model: nn.Module, role: str) -> None:
     """The token-level loss forms logits as ``hidden @ head.T (+ bias)``; models that post-process logits
     (soft-capping, scaling) would be distilled against the wrong distribution, so they are refused."""
@@ -149,7 +99,6 @@ def spec_context(spec: Any) -> int | None:
     """A causal LM's context length read from its spec (a config dict, or the config file of a local folder),
     so a student can be checked before a teacher trains."""
     from distill.config import HFConfigSpec, HFSpec
-    from distill.models import resolve_hf_path
 
     if isinstance(spec, HFConfigSpec):
         value = spec.config.get("max_position_embeddings")
@@ -179,24 +128,10 @@ def check_context(model: nn.Module | None, role: str, max_length: int, context: 
 # --------------------------------------------------------------------------------------------- tokenizers
 
 
-def load_tokenizer(source: str) -> Any:
-    from transformers import AutoTokenizer
-
-    from distill.data.lm_tokenizer import builtin_tokenizer_path, is_builtin_tokenizer
-    from distill.models import resolve_hf_path
-
-    path = builtin_tokenizer_path(source) if is_builtin_tokenizer(source) else resolve_hf_path(source)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise DistillError(f"cannot load tokenizer {source!r}: {error}".split("\n")[0]) from None
-
-
 def tokenizer_of(spec: Any) -> Any | None:
     """The tokenizer saved with a model, or None when the model has none (built from a config)."""
     if not isinstance(spec, HFSpec):
         return None
-    from distill.models import resolve_hf_path
 
     folder = Path(resolve_hf_path(spec.name_or_path))
     if folder.is_dir() and not any((folder / name).is_file() for name in

@@ -59,7 +59,11 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, resume: b
 @_friendly
 def recipes(name: str | None) -> None:
     """List the built-in recipes, or print one (NAME) to start your own from."""
-    from distill.config import RECIPES_DIR, describe_builtin_recipes, resolve_recipe_path
+    from distill.config import (
+        RECIPES_DIR,
+        describe_builtin_recipes,
+        resolve_recipe_path,
+    )
 
     if name:
         click.echo(resolve_recipe_path(name).read_text())

@@ -8,7 +8,6 @@ Built-in models are rebuilt from their spec, so an exported built-in model is ``
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,61 +17,12 @@ from torch import Tensor, nn
 
 from distill.config import CNNSpec, HFConfigSpec, HFSpec, MLPSpec, SavedSpec
 from distill.errors import DistillError
+from distill.model_sources import resolve_hf_path
+from distill.nets import CONFIG_FILE, WEIGHTS_FILE, build_builtin
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 # A teacher built here starts from seed + this offset, so it never shares initial weights with a student of the
 # same architecture (born-again generation 0, multi-teacher members, cache builds all use it).
 TEACHER_SEED_OFFSET = 1000
-
-
-class MLP(nn.Module):
-    def __init__(self, input_size: int, hidden: list[int], num_classes: int, dropout: float = 0.0,
-                 input_dropout: float = 0.0):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        if input_dropout:
-            layers.append(nn.Dropout(input_dropout))
-        width = input_size
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.net(inputs)
-
-
-class CNN(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], channels: list[int], num_classes: int, kernel_size: int = 3,
-                 batch_norm: bool = True, dropout: float = 0.0):
-        super().__init__()
-        if len(input_shape) not in (2, 3):
-            raise DistillError(f"cnn needs inputs shaped (channels, length) or (channels, height, width), "
-                               f"got per-sample shape {tuple(input_shape)}; use an mlp for flat features")
-        conv, norm, pool = ((nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if len(input_shape) == 2
-                            else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d))
-        blocks: list[nn.Module] = []
-        width, extent = input_shape[0], min(input_shape[1:])
-        for index, size in enumerate(channels):
-            blocks += [conv(width, size, kernel_size, padding=kernel_size // 2)]
-            if batch_norm:
-                blocks.append(norm(size))
-            blocks.append(nn.ReLU())
-            if index < len(channels) - 1 and extent >= 4:  # pool while there is room for it
-                blocks.append(pool(2))
-                extent //= 2
-            width = size
-        self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool1d(1) if len(input_shape) == 2 else nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.head(self.dropout(self.pool(self.features(inputs)).flatten(1)))
 
 
 def build_model(spec: MLPSpec | CNNSpec | HFSpec | SavedSpec | HFConfigSpec, *, input_shape: tuple[int, ...] | None,
@@ -83,23 +33,13 @@ def build_model(spec: MLPSpec | CNNSpec | HFSpec | SavedSpec | HFConfigSpec, *, 
         from distill.causal_lm import build_from_config
 
         return build_from_config(spec, vocab_size=vocab_size)
-    if isinstance(spec, MLPSpec):
-        return MLP(math.prod(_need(input_shape, "input_shape")), spec.hidden, _need(num_classes, "num_classes"),
-                   spec.dropout, spec.input_dropout)
-    if isinstance(spec, CNNSpec):
-        return CNN(tuple(_need(input_shape, "input_shape")), spec.channels, _need(num_classes, "num_classes"),
-                   spec.kernel_size, spec.batch_norm, spec.dropout)
+    if isinstance(spec, (MLPSpec, CNNSpec)):
+        return build_builtin(spec, input_shape=input_shape, num_classes=num_classes)
     if isinstance(spec, HFSpec):
         return load_hf_model(spec, num_classes=num_classes)
     if isinstance(spec, SavedSpec):
         return load_saved(spec.path)
     raise DistillError(f"unknown model spec {spec!r}")
-
-
-def _need(value: Any, what: str) -> Any:
-    if value is None:
-        raise DistillError(f"building this model needs {what}, which the data did not provide")
-    return value
 
 
 _HF_AUTO_CLASSES = {
@@ -108,31 +48,6 @@ _HF_AUTO_CLASSES = {
     "masked-lm": "AutoModelForMaskedLM",
     "base": "AutoModel",
 }
-
-
-def resolve_hf_path(name_or_path: str) -> str:
-    """``package:NAME`` is a model shipped inside an installed Python package (found without importing it);
-    anything else is a hub id or a local folder, passed through."""
-    if not name_or_path.startswith("package:"):
-        return name_or_path
-    import importlib.util
-
-    package = name_or_path.removeprefix("package:")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DistillError(f"model {name_or_path!r}: the Python package {package!r} is not installed "
-                           f"(pip install {package.replace('_', '-')})")
-    for root in spec.submodule_search_locations:
-        configs = sorted(Path(root).rglob("config.json"), key=lambda path: len(path.parts))
-        if configs:
-            return str(configs[0].parent)
-    for root in spec.submodule_search_locations:
-        checkpoints = sorted(Path(root).rglob("*.gguf"))
-        if checkpoints:  # de-quantised once into a cached Hugging Face folder
-            from distill.causal_lm import gguf_folder
-
-            return gguf_folder(checkpoints[0])
-    raise DistillError(f"model {name_or_path!r}: no config.json or .gguf file inside the package {package!r}")
 
 
 def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
@@ -199,7 +114,7 @@ def load_saved(path: str | Path) -> nn.Module:
         raise DistillError(f"{directory} holds no exported model ({CONFIG_FILE} missing)")
     config = json.loads(config_file.read_text())
     if config.get("quantization"):  # an int8 variant written by distill.compress
-        from distill.compress import load_quantized
+        from distill.quantized import load_quantized
 
         return load_quantized(directory)
     if "distill_model" not in config:

@@ -27,9 +27,22 @@ from distill.config import Recipe, load_recipe
 from distill.data.recipe_data import RunData, load_data
 from distill.errors import DistillError
 from distill.evaluate.run_models import evaluate_run_models, evaluation_task
-from distill.models import TEACHER_SEED_OFFSET, build_student, build_teacher, check_outputs
+from distill.models import (
+    TEACHER_SEED_OFFSET,
+    build_student,
+    build_teacher,
+    check_outputs,
+)
 from distill.objective import Objective
-from distill.stages import RECIPE_FILE, RunContext, Stage, describe_plan, is_main_process, on_main, run_stages
+from distill.stages import (
+    RECIPE_FILE,
+    RunContext,
+    Stage,
+    describe_plan,
+    is_main_process,
+    on_main,
+    run_stages,
+)
 from distill.training_stage import train_stage
 
 __all__ = ["RunData", "RunResult", "load_data", "plan", "train", "check_run_dir", "evaluate_run_models",
@@ -94,7 +107,7 @@ def _prepare(context: RunContext) -> None:
         from distill.causal_lm import check_context, check_tokenizers, spec_context
 
         check_context(teacher, "teacher", config.data.max_length)
-        if "student" not in artifacts and config.student.from_teacher is None:  # before a teacher trains for it
+        if "student" not in artifacts and config.student.model is not None:  # before a teacher trains for it
             check_context(None, "student", config.data.max_length, spec_context(config.student.model))
         if data.tokenizer is not None and config.teacher.model is not None:
             check_tokenizers(config, data.tokenizer)  # before a teacher is trained here, not after
@@ -103,7 +116,7 @@ def _prepare(context: RunContext) -> None:
         from distill.cache.use import cached_teacher_for_run
 
         artifacts["teacher-cache"], artifacts["student-data"] = cached_teacher_for_run(config, data, teacher)
-    if "student" not in artifacts and config.student.from_teacher is None:
+    if "student" not in artifacts and config.student.model is not None:
         artifacts["student"] = build_student(config, data, None)
         check_outputs({"teacher": teacher, "student": artifacts["student"]}, data)
 
@@ -136,7 +149,8 @@ def _evaluate(context: RunContext) -> None:
     if artifacts.get("variants"):
         metrics["compression_variants"] = artifacts["variants"]
     metrics.update({
-        "recipe": config.name, "seed": config.seed, "steps": context.stages["student"]["steps"],
+        "recipe": config.name, "seed": config.seed,
+        "steps": context.stages.get("student", context.stages.get("teacher", {})).get("steps"),
         "stages": {name: facts for name, facts in context.stages.items() if name in ("teacher", "baseline", "student")},
         "data": data.summary, "wall_seconds": round(time.perf_counter() - context.started, 3),
     })
@@ -161,6 +175,15 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
         from distill.modes import plan as mode_plan
 
         return mode_plan(config, given)
+    if not config.has_student and "student" not in given:
+        return _teacher_only_plan(config, set(given))
+    if config.objective is None:
+        raise DistillError("stage 'student' reads the objective section, and the recipe has none: add one (e.g. "
+                           "objective: {alpha: 0.9, temperature: 4}), or remove the student section to train and "
+                           "evaluate the teacher alone")
+    if "teacher" not in given and config.teacher.model is None and config.teacher.cache is None \
+            and config.needs_teacher():
+        raise DistillError("teacher.model is not set and no teacher module was passed")
     language_model = config.data.is_language_modeling
     has_teacher = _has_teacher_model(config, set(given))
     built = [name for name in ("teacher", "student") if name not in given
@@ -196,6 +219,26 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
     return stages
 
 
+def _teacher_only_plan(config: Recipe, given: set[str]) -> list[Stage]:
+    """A recipe without a student: train the teacher (fine-tune it, for a pretrained one) and evaluate it."""
+    if config.objective is not None:
+        raise DistillError("the recipe has an objective section but no student: set student.model (or "
+                           "student.from_teacher), or remove the objective to train and evaluate the teacher alone")
+    if config.teacher.train is None or (config.teacher.model is None and "teacher" not in given):
+        raise DistillError("the recipe has no student section, so it can only train its teacher, and "
+                           + ("teacher.train is not set" if config.teacher.model is not None or "teacher" in given
+                              else "teacher.model is not set") + ": there is nothing to run")
+    built = () if "teacher" in given else ("teacher",)
+    return [Stage("prepare", "build the teacher; check it on two training samples", _prepare,
+                  reads=("data", *sorted(given)), writes=built),
+            train_stage("teacher", model="teacher", does="train the teacher on "
+                        + ("next-token cross-entropy" if config.data.is_language_modeling else "hard labels"),
+                        training=config.teacher.train, seed=config.seed + TEACHER_SEED_OFFSET,
+                        spec=config.teacher.model, frozen=True),
+            Stage("evaluate", "evaluate the teacher on the test set", _evaluate, reads=("teacher",),
+                  writes=("metrics",), files=("metrics.json",))]
+
+
 def _given_modules(teacher: nn.Module | None, student: nn.Module | None) -> dict[str, nn.Module]:
     return {name: module for name, module in (("teacher", teacher), ("student", student)) if module is not None}
 
@@ -209,19 +252,13 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     config = load_recipe(recipe, overrides)
     given = _given_modules(teacher, student)
     stages = plan(config, set(given))
-    if config.mode is None:
-        if "teacher" not in given and config.teacher.model is None and config.teacher.cache is None \
-                and config.needs_teacher():
-            raise DistillError("teacher.model is not set and no teacher module was passed")
-        if "student" not in given and config.student.model is None and config.student.from_teacher is None:
-            raise DistillError("student.model (or student.from_teacher) is not set and no student module was passed")
     run_dir = check_run_dir(config, output, resume)
     data = data or load_data(config)
     context = RunContext(config, run_dir, data, resume, show_progress, artifacts={"data": data, **given},
                          started=started)
     run_stages(stages, context)
     artifacts = context.artifacts
-    return RunResult(run_dir, artifacts["metrics"], artifacts["student"], artifacts.get("teacher"),
+    return RunResult(run_dir, artifacts["metrics"], artifacts.get("student"), artifacts.get("teacher"),
                      artifacts.get("baseline"))
 
 

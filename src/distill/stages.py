@@ -104,7 +104,11 @@ def stage_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
 
 
 def mark_stage_done(run_dir: Path, stage: str, info: dict[str, Any]) -> None:
-    on_main(lambda: write_json_atomic(Path(run_dir) / stage / DONE_FILE, info))
+    def write() -> None:
+        folder = Path(run_dir) / stage
+        folder.mkdir(parents=True, exist_ok=True)  # a stage may export nothing of its own (synthesise)
+        write_json_atomic(folder / DONE_FILE, info)
+    on_main(write)
 
 
 def save_recipe(config: Any, run_dir: Path) -> None:

@@ -13,7 +13,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from distill.cache.format import FINAL_HIDDEN, LOG_TAIL, TOPK_IDS, TOPK_LOGPROBS, TOPK_SIGNALS
+from distill.cache.format import (
+    FINAL_HIDDEN,
+    LOG_TAIL,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    TOPK_SIGNALS,
+)
 from distill.capture import SignalCapture, TopKTeacher
 from distill.data.indexed import SAMPLE_ID
 from distill.errors import DistillError

@@ -18,16 +18,47 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from distill.cache.fingerprint import dataset_fingerprint, model_fingerprint, tokenizer_fingerprint
-from distill.cache.format import (DEFAULT_TOP_K, FINAL_HIDDEN, FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, LOG_TAIL,
-                                  METADATA_FILE, PARTIAL, PROGRESS_FILE, SAMPLE_IDS, TOPK_IDS, TOPK_LOGPROBS,
-                                  TOPK_SIGNALS, VALUE_DTYPES, SignalInfo, dtype_name, narrowest_int_dtype, offsets_key, sha256_file,
-                                  shard_name, values_key, read_metadata)
+from distill.cache.fingerprint import (
+    dataset_fingerprint,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
+from distill.cache.format import (
+    DEFAULT_TOP_K,
+    FINAL_HIDDEN,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    LOG_TAIL,
+    METADATA_FILE,
+    PARTIAL,
+    PROGRESS_FILE,
+    SAMPLE_IDS,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    TOPK_SIGNALS,
+    VALUE_DTYPES,
+    SignalInfo,
+    dtype_name,
+    narrowest_int_dtype,
+    offsets_key,
+    read_metadata,
+    sha256_file,
+    shard_name,
+    values_key,
+)
 from distill.checkpoint import fsync_dir, write_json_atomic
 from distill.data.tokens import collate_fn_of
 from distill.errors import DistillError
@@ -54,9 +85,9 @@ class BuildSettings:
 
 
 def _library_version() -> str:
-    import distill
+    from distill.version import __version__
 
-    return distill.__version__
+    return __version__
 
 
 def _is_token_signal(value: Tensor, batch: dict[str, Any]) -> bool:

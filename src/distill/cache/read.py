@@ -10,8 +10,17 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from distill.cache.format import (INDEX_FILE, SAMPLE_IDS, MappedShard, SignalInfo, offsets_key, read_metadata,
-                                  sha256_file, signal_infos, values_key)
+from distill.cache.format import (
+    INDEX_FILE,
+    SAMPLE_IDS,
+    MappedShard,
+    SignalInfo,
+    offsets_key,
+    read_metadata,
+    sha256_file,
+    signal_infos,
+    values_key,
+)
 from distill.errors import DistillError
 
 

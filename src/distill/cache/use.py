@@ -8,8 +8,12 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
+from distill.cache.fingerprint import (
+    dataset_fingerprint,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
 from distill.cache.format import FINAL_HIDDEN
-from distill.cache.fingerprint import dataset_fingerprint, model_fingerprint, tokenizer_fingerprint
 from distill.cache.read import TeacherCache
 from distill.data.indexed import IndexedDataset
 from distill.errors import DistillError

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.arrays import TEST_SPLIT_SEED, ArraySplits, resolve_size, split_indices, subsample
+from distill.data.arrays import (
+    TEST_SPLIT_SEED,
+    ArraySplits,
+    resolve_size,
+    split_indices,
+    subsample,
+)
 from distill.errors import DistillError
 
 BUILTIN_DATASETS: dict[str, str] = {

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.arrays import TEST_SPLIT_SEED, ArraySplits, resolve_size, split_indices
+from distill.data.arrays import (
+    TEST_SPLIT_SEED,
+    ArraySplits,
+    resolve_size,
+    split_indices,
+)
 from distill.errors import DistillError
 
 SUPPORTED_FORMATS = ("csv", "json", "parquet", "disk")
@@ -190,6 +195,74 @@ def _encode_labels(parts: list[tuple], label: str, class_label_names: list[str] 
     return values, int(allv.max()) + 1 if len(allv) else 0, None
 
 
+def _feature_columns(features: str | list[str], label: str) -> list[str]:
+    if isinstance(features, str):
+        feature_list = [features]
+    elif isinstance(features, (list, tuple)) and features and all(isinstance(f, str) for f in features):
+        feature_list = list(features)
+    else:
+        raise DistillError(f"features must be a column name or a non-empty list of column names, got {features!r}.")
+    if len(set(feature_list)) != len(feature_list):
+        raise DistillError(f"features lists a column twice: {feature_list}.")
+    if not isinstance(label, str) or not label:
+        raise DistillError(f"label must be the name of the label column, got {label!r}.")
+    if label in feature_list:
+        raise DistillError(f"Column '{label}' is both the label and a feature; remove it from features.")
+    return feature_list
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DistillError(f"{what} {path} does not exist; check the path (relative paths are from {Path.cwd()}).")
+    return path
+
+
+def _named_parts(path: Path, fmt: str, tpath: Path | None, tfmt: str | None, cache: str) -> dict[str, tuple]:
+    """The file's splits that the run uses, each with where it came from: train, then test and validation when
+    the files hold them."""
+    splits = load_file_splits(path, fmt, cache)
+    parts = {"train": (pick_split(splits, path, ("train",)),
+                       f"{path}" if len(splits) == 1 else f"{path} (split 'train')")}
+    if tpath is not None:
+        parts["test"] = (pick_split(load_file_splits(tpath, tfmt, cache), tpath, ("test", "train")), str(tpath))
+    elif "test" in splits:
+        parts["test"] = (splits["test"], f"{path} (split 'test')")
+    for name in _VAL_SPLIT_NAMES:
+        if name in splits:
+            parts["val"] = (splits[name], f"{path} (split '{name}')")
+            break
+    return parts
+
+
+def _read_arrays(parts: dict[str, tuple], features: str | list[str], feature_list: list[str], label: str
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, list[str] | None]:
+    """Features and label ids of every part, checked: columns present, rows present, one feature shape."""
+    import datasets
+
+    ordered = list(parts.values())
+    for ds, where in ordered:
+        _check_columns(ds, feature_list + [label], where)
+        if ds.num_rows == 0:
+            raise DistillError(f"{where} has no rows; it needs at least one sample.")
+    feat = parts["train"][0].features.get(label)
+    class_label_names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else None
+    ids, num_classes, class_names = _encode_labels(ordered, label, class_label_names)
+    xs = [_features(ds, features, where) for ds, where in ordered]
+    shapes = {x.shape[1:] for x in xs}
+    if len(shapes) > 1:
+        raise DistillError(f"Feature shapes differ between {', '.join(w for _, w in ordered)}: {sorted(shapes)}; "
+                           "every split needs the same shape.")
+    return {name: (x, y) for name, x, y in zip(parts, xs, ids)}, num_classes, class_names
+
+
+def _dataset_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".jsonl", ".json", ".parquet", ".pq"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) and len(name) > len(suffix) else name
+    return name
+
+
 def load_files(
     path: str | Path,
     *,
@@ -213,107 +286,34 @@ def load_files(
         folder is used instead when present.
     cache_dir: where `datasets` may write its Arrow cache; default a temporary folder removed afterwards.
     """
-    if isinstance(features, str):
-        feature_list = [features]
-    elif isinstance(features, (list, tuple)) and features and all(isinstance(f, str) for f in features):
-        feature_list = list(features)
-    else:
-        raise DistillError(f"features must be a column name or a non-empty list of column names, got {features!r}.")
-    if len(set(feature_list)) != len(feature_list):
-        raise DistillError(f"features lists a column twice: {feature_list}.")
-    if not isinstance(label, str) or not label:
-        raise DistillError(f"label must be the name of the label column, got {label!r}.")
-    if label in feature_list:
-        raise DistillError(f"Column '{label}' is both the label and a feature; remove it from features.")
-
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DistillError(f"Data path {path} does not exist; check the path (relative paths are from {Path.cwd()}).")
+    feature_list = _feature_columns(features, label)
+    path = _existing(path, "Data path")
     fmt = infer_format(path, format)
-    tpath = None
-    if test_path is not None:
-        tpath = Path(test_path).expanduser()
-        if not tpath.exists():
-            raise DistillError(f"Test data path {tpath} does not exist; check the path (relative paths are from {Path.cwd()}).")
-        tfmt = infer_format(tpath, format)
-
+    tpath = _existing(test_path, "Test data path") if test_path is not None else None
+    tfmt = infer_format(tpath, format) if tpath is not None else None
     with contextlib.ExitStack() as stack:
         if cache_dir is None:
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-datasets-", ignore_cleanup_errors=True))
         else:
             cache = str(Path(cache_dir).expanduser())
-        splits = load_file_splits(path, fmt, cache)
-        train = pick_split(splits, path, ("train",))
-        train_where = f"{path}" if len(splits) == 1 else f"{path} (split 'train')"
-        parts = [(train, train_where)]
-        test = test_where = None
-        if tpath is not None:
-            tsplits = load_file_splits(tpath, tfmt, cache)
-            test = pick_split(tsplits, tpath, ("test", "train"))
-            test_where = str(tpath)
-        elif "test" in splits:
-            test, test_where = splits["test"], f"{path} (split 'test')"
-        val = val_where = None
-        for name in _VAL_SPLIT_NAMES:
-            if name in splits:
-                val, val_where = splits[name], f"{path} (split '{name}')"
-                break
-        if test is not None:
-            parts.append((test, test_where))
-        if val is not None:
-            parts.append((val, val_where))
-
-        for ds, where in parts:
-            _check_columns(ds, feature_list + [label], where)
-            if ds.num_rows == 0:
-                raise DistillError(f"{where} has no rows; it needs at least one sample.")
-
-        import datasets
-
-        feat = train.features.get(label)
-        class_label_names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else None
-        ids, num_classes, class_names = _encode_labels(parts, label, class_label_names)
-        xs = [_features(ds, features, where) for ds, where in parts]
-        shapes = {x.shape[1:] for x in xs}
-        if len(shapes) > 1:
-            raise DistillError(f"Feature shapes differ between {', '.join(w for _, w in parts)}: {sorted(shapes)}; every split needs the same shape.")
-        del splits, train, test, val, parts
-
-    x, y = xs[0], ids[0]
-    i = 1
-    if test_where is not None:
-        test_x, test_y = xs[i], ids[i]
-        i += 1
+        arrays, num_classes, class_names = _read_arrays(_named_parts(path, fmt, tpath, tfmt, cache), features,
+                                                        feature_list, label)
+    x, y = arrays["train"]
+    if "test" in arrays:
+        test_x, test_y = arrays["test"]
     else:
-        count = resolve_size(test_size, len(y), "test_size")
-        keep, take = split_indices(y, count, TEST_SPLIT_SEED)
+        keep, take = split_indices(y, resolve_size(test_size, len(y), "test_size"), TEST_SPLIT_SEED)
         x, y, test_x, test_y = x[keep], y[keep], x[take], y[take]
-    if val_where is not None:
-        val_x, val_y = xs[i], ids[i]
+    if "val" in arrays:
+        val_x, val_y = arrays["val"]
         order = np.random.default_rng(seed).permutation(len(y))  # same random order as when val is carved
         x, y = x[order], y[order]
     else:
-        count = resolve_size(val_size, len(y), "val_size")
-        keep, take = split_indices(y, count, seed)
+        keep, take = split_indices(y, resolve_size(val_size, len(y), "val_size"), seed)
         x, y, val_x, val_y = x[keep], y[keep], x[take], y[take]
-
-    source = str(path) + (f" (test: {tpath})" if tpath is not None else "")
-    name = path.name
-    for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".jsonl", ".json", ".parquet", ".pq"):
-        name = name[: -len(suffix)] if name.lower().endswith(suffix) and len(name) > len(suffix) else name
-    return ArraySplits(
-        name=name,
-        train_x=x,
-        train_y=y,
-        val_x=val_x,
-        val_y=val_y,
-        test_x=test_x,
-        test_y=test_y,
-        input_shape=tuple(int(d) for d in x.shape[1:]),
-        num_classes=num_classes,
-        class_names=class_names,
-        source=source,
-    )
+    return ArraySplits(name=_dataset_name(path), train_x=x, train_y=y, val_x=val_x, val_y=val_y, test_x=test_x,
+                       test_y=test_y, input_shape=tuple(int(d) for d in x.shape[1:]), num_classes=num_classes,
+                       class_names=class_names, source=str(path) + (f" (test: {tpath})" if tpath is not None else ""))
 
 
 def load_unlabelled_inputs(path: str | Path, *, features: str | list[str], format: str | None = None) -> np.ndarray:

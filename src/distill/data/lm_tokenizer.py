@@ -84,3 +84,16 @@ def _train(vocab_size: int, folder: Path) -> None:
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(temporary)
+
+
+def load_tokenizer(source: str) -> Any:
+    """A tokenizer by name: ``builtin:kjv-bpe-N``, a folder, a hub id or a ``package:`` model."""
+    from transformers import AutoTokenizer
+
+    from distill.model_sources import resolve_hf_path
+
+    path = builtin_tokenizer_path(source) if is_builtin_tokenizer(source) else resolve_hf_path(source)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise DistillError(f"cannot load tokenizer {source!r}: {error}".split("\n")[0]) from None

@@ -46,7 +46,7 @@ def _load_text(recipe: Any) -> RunData:
 
     from distill.data.text import load_kjv, split_by_book, verse_texts
     from distill.data.tokens import TokenizedTexts
-    from distill.models import resolve_hf_path
+    from distill.model_sources import resolve_hf_path
 
     source = tokenizer_source(recipe, f"the text dataset {recipe.data.dataset!r}")
     try:
@@ -69,8 +69,8 @@ def _load_text(recipe: Any) -> RunData:
 
 
 def _load_lm(recipe: Any) -> RunData:
-    from distill.causal_lm import load_tokenizer
     from distill.data.lm import load_lm_splits
+    from distill.data.lm_tokenizer import load_tokenizer
 
     source = tokenizer_source(recipe, "language-model data (or builtin:kjv-bpe-N)")
     tokenizer = load_tokenizer(source)

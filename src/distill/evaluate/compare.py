@@ -16,9 +16,24 @@ from torch.utils.data import DataLoader, Dataset
 from distill.config import EvaluationConfig
 from distill.data.tokens import collate_fn_of
 from distill.errors import DistillError
-from distill.evaluate.metrics import (accuracy, agreement, calibration, confusion_matrix, error_count, gap_recovered,
-                                      inherited_errors, macro_f1, mean_jsd_to_teacher, mean_kl_to_teacher)
-from distill.evaluate.speed import latency_ms, parameter_count, peak_forward_memory, size_on_disk
+from distill.evaluate.metrics import (
+    accuracy,
+    agreement,
+    calibration,
+    confusion_matrix,
+    error_count,
+    gap_recovered,
+    inherited_errors,
+    macro_f1,
+    mean_jsd_to_teacher,
+    mean_kl_to_teacher,
+)
+from distill.evaluate.speed import (
+    latency_ms,
+    parameter_count,
+    peak_forward_memory,
+    size_on_disk,
+)
 from distill.models import forward_logits
 
 # Rows that are students of the teacher (distilled or compressed variants); the baseline is the reference.
@@ -75,53 +90,28 @@ def check_label_sets(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> i
     return num_classes
 
 
-def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
-                    device: str | torch.device = "cpu", model_dirs: dict[str, Path] | None = None,
-                    show_progress: bool = False) -> dict[str, Any]:
-    """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts).
-
-    ``models`` is ordered: teacher, baseline, student, then variants (``student_int8``, ...). ``model_dirs``
-    names each model's exported folder, for its size on disk."""
-    if len(test) == 0:  # type: ignore[arg-type]
-        raise DistillError("the evaluation split is empty: there is nothing to evaluate on")
-    if not models:
-        raise DistillError("no models to evaluate")
-    started = time.perf_counter()
-    model_dirs = model_dirs or {}
-    batches = {
-        "latency": first_batch(test, evaluation.latency_batch_size, device),
-        "single": first_batch(test, 1, device),
-        "throughput": first_batch(test, evaluation.batch_size, device),
+def _cost_row(model: nn.Module, name: str, batches: dict[str, Any], samples_per_second: float,
+              evaluation: EvaluationConfig, model_dirs: dict[str, Path]) -> dict[str, Any]:
+    """What a model costs: parameters, size on disk, latency at two batch sizes, throughput, peak memory."""
+    timing = latency_ms(model, batches["latency"], runs=evaluation.latency_runs)
+    single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
+    memory = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
+    return {
+        "params": parameter_count(model),
+        "size_bytes": size_on_disk(model_dirs[name]) if name in model_dirs else None,
+        "latency_ms": round(timing["median"], 4),
+        "latency_p95_ms": round(timing["p95"], 4),
+        "latency_b1_ms": round(single["median"], 4),
+        "latency_b1_p95_ms": round(single["p95"], 4),
+        "throughput": round(samples_per_second, 1),
+        "peak_memory_bytes": memory["total"],
+        "activation_memory_bytes": memory["activations"],
     }
-    logits: dict[str, torch.Tensor] = {}
-    metrics: dict[str, Any] = {"models": list(models)}
-    labels = torch.empty(0, dtype=torch.long)
-    with Progress(transient=True, disable=not show_progress) as progress:
-        task = progress.add_task("evaluating", total=len(models))
-        for name, model in models.items():
-            progress.update(task, description=f"evaluating {name}")
-            model.to(device)
-            try:
-                logits[name], labels, samples_per_second = predict_timed(model, test, batch_size=evaluation.batch_size,
-                                                                         device=device)
-            except RuntimeError as error:  # shapes: a model meeting data it was not trained on
-                raise DistillError(f"the {name} cannot run on the evaluation inputs: {error}".split("\n")[0]) from None
-            timing = latency_ms(model, batches["latency"], runs=evaluation.latency_runs)
-            single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
-            memory = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
-            metrics[name] = {
-                "params": parameter_count(model),
-                "size_bytes": size_on_disk(model_dirs[name]) if name in model_dirs else None,
-                "latency_ms": round(timing["median"], 4),
-                "latency_p95_ms": round(timing["p95"], 4),
-                "latency_b1_ms": round(single["median"], 4),
-                "latency_b1_p95_ms": round(single["p95"], 4),
-                "throughput": round(samples_per_second, 1),
-                "peak_memory_bytes": memory["total"],
-                "activation_memory_bytes": memory["activations"],
-            }
-            progress.advance(task)
-    num_classes = check_label_sets(logits, labels)
+
+
+def _quality(metrics: dict[str, Any], logits: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int,
+             evaluation: EvaluationConfig) -> dict[str, Any]:
+    """Task metrics of every model, and its fidelity to the teacher; returns the per-model details."""
     details: dict[str, Any] = {}
     for name, model_logits in logits.items():
         reliability = calibration(model_logits, labels, bins=evaluation.calibration_bins)
@@ -143,24 +133,67 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
                 "inherited_share": inherited["inherited_share"],
             })
             details[name]["inherited"] = inherited
-    metrics.update({"test_size": int(labels.numel()), "num_classes": num_classes,
-                    "latency_batch_size": evaluation.latency_batch_size,
-                    "throughput_batch_size": int(next(iter(batches["throughput"].values())).shape[0]),
-                    "latency_runs": evaluation.latency_runs, "latency_b1_runs": evaluation.latency_b1_runs,
-                    "threads": torch.get_num_threads(), "device": str(torch.device(device))})
-    if "teacher" in logits and "student" in logits:
+    return details
+
+
+def _comparisons(metrics: dict[str, Any], names: list[str]) -> None:
+    """The run-level figures: the student's agreement, speed-up and compression, and every student's share of
+    the baseline's gap to the teacher."""
+    if "teacher" in names and "student" in names:
         metrics["agreement"] = metrics["student"]["agreement"]
         metrics["speedup"] = round(metrics["teacher"]["latency_ms"] / max(metrics["student"]["latency_ms"], 1e-9), 3)
         metrics["compression"] = round(metrics["teacher"]["params"] / max(metrics["student"]["params"], 1), 3)
-    if "teacher" in logits and "baseline" in logits:
-        for name in logits:
+    if "teacher" in names and "baseline" in names:
+        for name in names:
             if name.startswith(STUDENT_PREFIX):
                 recovered = gap_recovered(teacher_errors=metrics["teacher"]["errors"],
                                           baseline_errors=metrics["baseline"]["errors"],
                                           student_errors=metrics[name]["errors"])
                 metrics[name]["gap_recovered"] = None if recovered is None else round(recovered, 4)
-        if "student" in logits:
+        if "student" in names:
             metrics["gap_recovered"] = metrics["student"]["gap_recovered"]
+
+
+def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
+                    device: str | torch.device = "cpu", model_dirs: dict[str, Path] | None = None,
+                    show_progress: bool = False) -> dict[str, Any]:
+    """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts).
+
+    ``models`` is ordered: teacher, baseline, student, then variants (``student_int8``, ...). ``model_dirs``
+    names each model's exported folder, for its size on disk."""
+    if len(test) == 0:  # type: ignore[arg-type]
+        raise DistillError("the evaluation split is empty: there is nothing to evaluate on")
+    if not models:
+        raise DistillError("no models to evaluate")
+    started = time.perf_counter()
+    batches = {
+        "latency": first_batch(test, evaluation.latency_batch_size, device),
+        "single": first_batch(test, 1, device),
+        "throughput": first_batch(test, evaluation.batch_size, device),
+    }
+    logits: dict[str, torch.Tensor] = {}
+    metrics: dict[str, Any] = {"models": list(models)}
+    labels = torch.empty(0, dtype=torch.long)
+    with Progress(transient=True, disable=not show_progress) as progress:
+        task = progress.add_task("evaluating", total=len(models))
+        for name, model in models.items():
+            progress.update(task, description=f"evaluating {name}")
+            model.to(device)
+            try:
+                logits[name], labels, samples_per_second = predict_timed(model, test, batch_size=evaluation.batch_size,
+                                                                         device=device)
+            except RuntimeError as error:  # shapes: a model meeting data it was not trained on
+                raise DistillError(f"the {name} cannot run on the evaluation inputs: {error}".split("\n")[0]) from None
+            metrics[name] = _cost_row(model, name, batches, samples_per_second, evaluation, model_dirs or {})
+            progress.advance(task)
+    num_classes = check_label_sets(logits, labels)
+    details = _quality(metrics, logits, labels, num_classes, evaluation)
+    metrics.update({"test_size": int(labels.numel()), "num_classes": num_classes,
+                    "latency_batch_size": evaluation.latency_batch_size,
+                    "throughput_batch_size": int(next(iter(batches["throughput"].values())).shape[0]),
+                    "latency_runs": evaluation.latency_runs, "latency_b1_runs": evaluation.latency_b1_runs,
+                    "threads": torch.get_num_threads(), "device": str(torch.device(device))})
+    _comparisons(metrics, list(logits))
     metrics["details"] = details
     metrics["evaluation_seconds"] = round(time.perf_counter() - started, 3)
     return metrics

@@ -17,7 +17,8 @@ from distill.checkpoint import list_checkpoints, write_json_atomic
 from distill.config import CNNSpec, HFSpec, MLPSpec, Recipe, SavedSpec, load_recipe
 from distill.errors import DistillError
 from distill.evaluate.speed import size_on_disk
-from distill.models import CONFIG_FILE, build_model, load_saved, load_weights
+from distill.models import build_model, load_saved, load_weights
+from distill.nets import CONFIG_FILE
 
 TRAINED_STAGES = ("teacher", "baseline", "student", "student_pruned")
 VARIANTS = ("student_int8", "student_pruned_int8")
@@ -110,7 +111,8 @@ def evaluate_run_dir(run_dir: str | Path, *, output: str | Path | None = None,
                      show_progress: bool = True) -> dict[str, Any]:
     """Evaluate what ``run_dir`` holds and write the results (default: ``run_dir/metrics.json``, keeping the run
     facts a finished run wrote there). Returns the metrics, with ``status`` per model and ``missing``."""
-    from distill.run import evaluate_run_models, load_data
+    from distill.data.recipe_data import load_data
+    from distill.evaluate.run_models import evaluate_run_models
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -22,8 +22,13 @@ from torch import Tensor
 from distill.capture import FinalHidden, TopKTeacher
 from distill.errors import DistillError
 from distill.losses.registry import register_loss
-from distill.losses.tokens import (DIVERGENCES, auto_chunk_size, chunked_token_ce, chunked_token_kd,
-                                   chunked_token_kd_topk)
+from distill.losses.tokens import (
+    DIVERGENCES,
+    auto_chunk_size,
+    chunked_token_ce,
+    chunked_token_kd,
+    chunked_token_kd_topk,
+)
 
 
 def _final_hidden(value: Any, role: str, loss: str) -> FinalHidden:

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.checks import check_kind, check_mask, check_ndim, check_positive, check_same_shape, shapes_error
+from distill.losses.checks import (
+    check_kind,
+    check_mask,
+    check_ndim,
+    check_positive,
+    check_same_shape,
+    shapes_error,
+)
 from distill.losses.registry import register_loss
 
 __all__ = [

@@ -31,386 +31,43 @@ Conventions shared by all of them:
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from distill.losses.fused_linear import (
+    auto_chunk_size,
+    check_chunk_size,
+    check_head,
+    cross_entropy_rows,
+    hard_label_targets,
+    run_fused,
+    supervised_targets,
+    with_hard_labels,
+)
+from distill.losses.token_math import (
+    DIVERGENCES,
+    Normalizer,
+    check_options,
+    compute_dtype,
+    divergence_and_grad,
+    divergence_from_log_probs,
+    flatten_hidden,
+    resolve_normalizer,
+    supervised_index,
+)
 
 __all__ = [
     "DIVERGENCES",
+    "auto_chunk_size",
     "token_divergence",
     "dense_token_kd",
     "chunked_token_kd",
     "chunked_token_kd_topk",
     "chunked_token_ce",
 ]
-
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv")
-
-Normalizer = Optional[Union[int, float, Tensor]]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# argument checking and small helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_options(divergence: str, temperature: float, beta: float, skew: float) -> None:
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; expected one of {', '.join(DIVERGENCES)}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    if not 0.0 <= float(beta) <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    if not 0.0 <= float(skew) <= 1.0:
-        raise ValueError(f"skew must be in [0, 1], got {skew!r}")
-
-
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any input is float64, else float32 (bf16/fp16 are upcast)."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """sum_v p_v (log p_v - log q_v) over the last dim, with 0 * log 0 = 0 (so -inf teacher logits are allowed)."""
-    p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
-
-
-def _log_mixture(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
-    """log(w * a + (1 - w) * b) computed stably; exact at w = 0 and w = 1 (no log(0) arithmetic)."""
-    w = float(w)
-    if w == 0.0:
-        return log_b
-    if w == 1.0:
-        return log_a
-    return torch.logaddexp(log_a + math.log(w), log_b + math.log1p(-w))
-
-
-def _divergence_from_log_probs(log_ps: Tensor, log_pt: Tensor, divergence: str, beta: float, skew: float) -> Tensor:
-    """Unscaled per-row divergence from normalised student/teacher log-probabilities (last dim = vocabulary)."""
-    if divergence == "forward_kl":
-        return _kl_rows(log_pt, log_ps)
-    if divergence == "reverse_kl":
-        return _kl_rows(log_ps, log_pt)
-    if divergence == "jsd":
-        beta = float(beta)
-        # TRL GKDTrainer.generalized_jsd_loss special-cases the end points (the general formula degenerates to 0).
-        if beta == 0.0:
-            return _kl_rows(log_pt, log_ps)
-        if beta == 1.0:
-            return _kl_rows(log_ps, log_pt)
-        log_m = _log_mixture(log_pt, log_ps, beta)
-        return beta * _kl_rows(log_pt, log_m) + (1.0 - beta) * _kl_rows(log_ps, log_m)
-    if divergence == "skew_kl":
-        return _kl_rows(log_pt, _log_mixture(log_pt, log_ps, skew))
-    if divergence == "skew_reverse_kl":
-        return _kl_rows(log_ps, _log_mixture(log_ps, log_pt, skew))
-    if divergence == "tv":
-        return 0.5 * (log_pt.exp() - log_ps.exp()).abs().sum(-1)
-    raise ValueError(f"unknown divergence {divergence!r}")  # pragma: no cover - checked by _check_options
-
-
-def _divergence_and_grad(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    divergence: str,
-    temperature: float,
-    beta: float,
-    skew: float,
-    need_grad: bool,
-) -> tuple[Tensor, Optional[Tensor]]:
-    """Per-row divergence (times T^2) of one chunk and, if asked, d(sum of rows)/d(student_logits).
-
-    Inputs are already in the compute dtype. forward_kl and reverse_kl use closed-form gradients (they are the
-    common cases and this saves an autograd pass); the other divergences differentiate the same expression
-    ``_divergence_from_log_probs`` with autograd on the chunk, so there is a single definition of each divergence.
-    """
-    t = float(temperature)
-    scale = t * t
-    log_pt = F.log_softmax(teacher_logits / t if t != 1.0 else teacher_logits, dim=-1)
-    del teacher_logits
-    if not need_grad:
-        log_ps = F.log_softmax(student_logits / t if t != 1.0 else student_logits, dim=-1)
-        return _divergence_from_log_probs(log_ps, log_pt, divergence, beta, skew) * scale, None
-    if divergence in ("forward_kl", "reverse_kl") or (divergence == "jsd" and float(beta) in (0.0, 1.0)):
-        forward = divergence == "forward_kl" or (divergence == "jsd" and float(beta) == 0.0)
-        log_ps = F.log_softmax(student_logits / t if t != 1.0 else student_logits, dim=-1)
-        if forward:
-            # in-place arithmetic keeps this hot path at ~4 [C, V] buffers
-            p_t = log_pt.exp()
-            terms = log_pt.sub_(log_ps).mul_(p_t).masked_fill_(p_t == 0, 0.0)  # p_t (log p_t - log p_s), 0 log 0 = 0
-            rows = terms.sum(-1)
-            del terms, log_pt
-            # d/dz  T^2 * KL(p_t || softmax(z/T)) = T * (p_s - p_t)
-            grad = log_ps.exp_().sub_(p_t)
-            if t != 1.0:
-                grad.mul_(t)
-        else:
-            p_s = log_ps.exp()
-            diff = log_ps - log_pt
-            rows = torch.where(p_s > 0, p_s * diff, torch.zeros((), dtype=p_s.dtype, device=p_s.device)).sum(-1)
-            # d/dz  T^2 * KL(softmax(z/T) || p_t) = T * p_s * (log p_s - log p_t - KL)
-            grad = torch.where(p_s > 0, p_s * (diff - rows.unsqueeze(-1)), torch.zeros((), dtype=p_s.dtype,
-                                                                                        device=p_s.device)) * t
-        return rows * scale, grad
-    with torch.enable_grad():
-        z = student_logits.detach().requires_grad_(True)
-        log_ps = F.log_softmax(z / t, dim=-1)
-        rows = _divergence_from_log_probs(log_ps, log_pt.detach(), divergence, beta, skew) * scale
-        (grad,) = torch.autograd.grad(rows.sum(), z)
-    return rows.detach(), grad
-
-
-def _flatten_hidden(name: str, hidden: Tensor) -> Tensor:
-    if hidden.dim() < 2:
-        raise ValueError(f"{name} must be [N, H] or [B, T, H], got shape {tuple(hidden.shape)}")
-    return hidden.reshape(-1, hidden.shape[-1])
-
-
-def _supervised_index(labels: Optional[Tensor], n: int, ignore_index: int, device: torch.device) -> Optional[Tensor]:
-    """Row indices of supervised tokens, or None when every token is supervised (labels is None)."""
-    if labels is None:
-        return None
-    flat = labels.reshape(-1)
-    if flat.numel() != n:
-        raise ValueError(f"labels has {flat.numel()} tokens but the hidden states have {n}")
-    return (flat.to(device) != ignore_index).nonzero().squeeze(1)
-
-
-def _resolve_normalizer(normalizer: Normalizer, n_supervised: int) -> float:
-    """The divisor of the summed divergence: given, or the supervised-token count (at least 1, so that a call
-    with no supervised token returns 0 rather than NaN)."""
-    if normalizer is None:
-        return float(max(n_supervised, 1))
-    value = float(normalizer.item() if isinstance(normalizer, Tensor) else normalizer)
-    if not value > 0:
-        raise ValueError(f"normalizer must be positive, got {value}")
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the chunked fused-linear engine
-# ----------------------------------------------------------------------------------------------------------------
-
-# ChunkLoss(start, end, student_logits_chunk, need_grad) -> (per-row losses [C], d sum / d logits [C, V] or None)
-ChunkLoss = Callable[[int, int, Tensor, bool], "tuple[Tensor, Optional[Tensor]]"]
-
-
-def _fused_linear_loop(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    chunk_loss: ChunkLoss,
-    chunk_size: int,
-    inv_norm: float,
-    need_hidden: bool,
-    need_weight: bool,
-    need_bias: bool,
-) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """sum_rows(chunk_loss(hidden @ weight.T + bias)) * inv_norm and its gradients, chunk by chunk.
-
-    ``hidden`` holds only supervised rows. Peak extra memory is a few ``chunk_size x V`` tensors plus gradient
-    buffers the size of ``hidden``/``weight``; the full ``N x V`` logits never exist.
-    """
-    n, h = hidden.shape
-    v = weight.shape[0]
-    cdt = _compute_dtype(hidden.dtype, weight.dtype)
-    need_grad = need_hidden or need_weight or need_bias
-    total = torch.zeros((), dtype=cdt, device=hidden.device)
-    grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    # weight/bias gradients are summed over chunks: accumulate in the compute dtype, cast once at the end
-    grad_weight = torch.zeros(v, h, dtype=cdt, device=weight.device) if need_weight else None
-    grad_bias = torch.zeros(v, dtype=cdt, device=weight.device) if need_bias else None
-    for start in range(0, n, chunk_size):
-        end = min(start + chunk_size, n)
-        x = hidden[start:end]
-        logits = F.linear(x, weight, bias).to(cdt)
-        rows, grad_logits = chunk_loss(start, end, logits, need_grad)
-        del logits
-        total = total + rows.sum()
-        if grad_logits is None:
-            continue
-        # fold 1/normalizer in before any down-cast so bf16 gradients have the same scale as the dense ones
-        g = (grad_logits * inv_norm).to(hidden.dtype)
-        del grad_logits
-        if need_hidden:
-            grad_hidden[start:end] = g @ weight.to(g.dtype)
-        if need_weight:
-            if grad_weight.dtype == g.dtype:
-                grad_weight.addmm_(g.t(), x)
-            else:
-                grad_weight += (g.t() @ x).to(cdt)
-        if need_bias:
-            grad_bias += g.sum(0).to(cdt)
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(bias.dtype)
-    return total * inv_norm, grad_hidden, grad_weight, grad_bias
-
-
-class _FusedLinearLoss(torch.autograd.Function):
-    """Loss of a linear head applied chunk by chunk, with the gradients computed during the forward pass.
-
-    Design choice - gradients in forward (as Liger's fused linear cross entropy), not recompute in backward
-    (as torchtune's chunked losses under activation checkpointing): the chunk's logits, softmaxes and the
-    teacher's logits are all in hand while the loss is computed, so producing d loss / d logits there and folding
-    it into ``grad_hidden`` / ``grad_weight`` costs two matmuls per chunk. Recomputing in backward would repeat
-    both models' head matmuls and both softmaxes (about 1.5x the FLOPs) for no memory gain, since what we keep
-    (``[N, H] + [V, H]``) is no larger than the inputs themselves. The price is that forward does the gradient
-    work even if ``backward`` is never called; the public wrappers therefore skip this Function (and the gradient
-    work) whenever no student input requires grad or grad mode is off. Because the loss is a scalar,
-    ``backward`` hands the stored gradients over (scaled in place by ``grad_output`` when it is not 1), so
-    they are never copied (a second backward through the same graph recomputes them); double backward is not
-    supported.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, chunk_loss, chunk_size, inv_norm):  # noqa: D102
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        loss, gh, gw, gb = _fused_linear_loop(
-            hidden, weight, bias, chunk_loss, chunk_size, inv_norm, need_hidden, need_weight, need_bias
-        )
-        # The gradients are kept as a plain attribute, not with save_for_backward, so that backward can hand them
-        # over (see there); they are new tensors without autograd history, so ctx holds no reference cycle. The
-        # inputs are saved only to recompute them if backward runs a second time (retain_graph, gradcheck).
-        ctx.gradients = (gh, gw, gb)
-        ctx.save_for_backward(hidden, weight, bias)
-        ctx.loop_args = (chunk_loss, chunk_size, inv_norm)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):  # noqa: D102
-        gradients = ctx.__dict__.pop("gradients", None)
-        if gradients is None:  # a second backward through the same graph: the first one took the buffers
-            hidden, weight, bias = ctx.saved_tensors
-            need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-            _, *gradients = _fused_linear_loop(hidden, weight, bias, *ctx.loop_args, need_hidden, need_weight,
-                                               need_bias)
-        # Hand the buffers over instead of returning a scaled copy: with no other reference left, autograd adopts
-        # them as .grad, so the [V, H] weight gradient exists once (a copy doubled that part of the peak).
-        scale = None if bool((grad_output == 1).all()) else grad_output
-
-        def scaled(g):
-            return g if g is None or scale is None else g.mul_(scale.to(g.dtype))
-
-        gh, gw, gb = gradients
-        return scaled(gh), scaled(gw), scaled(gb), None, None, None
-
-
-def _run_fused(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    rows_index: Optional[Tensor],
-    chunk_loss: ChunkLoss,
-    chunk_size: int,
-    inv_norm: float,
-) -> Tensor:
-    """Select the supervised rows, run the engine (through the autograd Function when gradients are wanted)."""
-    if rows_index is not None:
-        # index_select is differentiable: the gradient is scattered back to the full [N, H] hidden states
-        hidden = hidden.index_select(0, rows_index)
-    tensors = [t for t in (hidden, weight, bias) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _FusedLinearLoss.apply(hidden, weight, bias, chunk_loss, chunk_size, inv_norm)
-    loss, _, _, _ = _fused_linear_loop(hidden, weight, bias, chunk_loss, chunk_size, inv_norm, False, False, False)
-    return loss
-
-
-def _hard_label_targets(labels: Optional[Tensor], index: Optional[Tensor], n_rows: int, vocab: int,
-                        hard_weight: float) -> Optional[Tensor]:
-    """The next-token targets of the supervised rows, for a KD loss that also adds ``hard_weight`` x CE."""
-    if hard_weight < 0:
-        raise ValueError(f"hard_weight must be >= 0, got {hard_weight}")
-    if hard_weight == 0:
-        return None
-    if labels is None:
-        raise ValueError("hard_weight > 0 needs labels (the next-token targets)")
-    targets = _supervised_targets(labels, index, vocab)
-    if targets.numel() != n_rows:
-        raise ValueError(f"labels give {targets.numel()} supervised tokens, the loss has {n_rows}")
-    return targets
-
-
-def _supervised_targets(labels: Tensor, index: Optional[Tensor], vocab: int, ignore_index: int = -100) -> Tensor:
-    """The labels at the supervised rows (``index``; all rows when None), checked to be vocabulary ids."""
-    targets = labels.reshape(-1)
-    targets = targets.index_select(0, index.to(targets.device)) if index is not None else targets
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ValueError(f"labels hold ids outside the vocabulary of {vocab} (or negative ids other than "
-                         f"ignore_index={ignore_index})")
-    return targets
-
-
-def _cross_entropy_rows(logits: Tensor, chunk_targets: Tensor, need_grad: bool) -> tuple[Tensor, Optional[Tensor]]:
-    """Per-row next-token cross-entropy of a logits chunk and, if asked, its gradient w.r.t. the logits."""
-    log_probs = F.log_softmax(logits, dim=-1)
-    rows = -log_probs.gather(1, chunk_targets).squeeze(1)
-    if not need_grad:
-        return rows, None
-    # d/dz -log softmax(z)[y] = softmax(z) - onehot(y)
-    grad = log_probs.exp_()
-    grad.scatter_add_(1, chunk_targets, torch.full_like(chunk_targets, -1.0, dtype=grad.dtype))
-    return rows, grad
-
-
-def _with_hard_labels(chunk_loss: ChunkLoss, targets: Optional[Tensor], hard_weight: float) -> ChunkLoss:
-    """``chunk_loss`` plus ``hard_weight`` x next-token cross-entropy on the same student logits chunk: the
-    usual KD + CE mixture in one pass over the output head instead of two (the head matmuls and their
-    gradients are most of a small LM's step)."""
-    if targets is None:
-        return chunk_loss
-
-    def combined(start: int, end: int, student_logits: Tensor, need_grad: bool):
-        rows, grad = chunk_loss(start, end, student_logits, need_grad)
-        chunk_targets = targets[start:end].unsqueeze(1).to(student_logits.device)
-        ce_rows, ce_grad = _cross_entropy_rows(student_logits, chunk_targets, grad is not None)
-        if ce_grad is not None:
-            grad.add_(ce_grad, alpha=hard_weight)
-        return rows + hard_weight * ce_rows, grad
-
-    return combined
-
-
-def _check_head(name: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
-    if weight.dim() != 2:
-        raise ValueError(f"{name}_weight must be [V, H], got shape {tuple(weight.shape)}")
-    if weight.shape[1] != hidden.shape[1]:
-        raise ValueError(
-            f"{name}_weight is {tuple(weight.shape)} but {name}_hidden has hidden size {hidden.shape[1]}"
-        )
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{name}_bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}")
-
-
-# Tokens per chunk when the caller gives none: as many as keep one chunk's fp32 logits near 32 MiB (2**23
-# values), a power of two between 16 and 1024: 128 at V = 49,152, 32 at V = 262,144. Measured
-# (docs/benchmarks.md): chunks of 64-256 keep the peak at 4-7% of the dense reference's at V = 49,152, and 32
-# keeps it at 9% at V = 262,144 (64: 11%) at no loss of speed, while a fixed 1024 saves nothing there.
-AUTO_CHUNK_VALUES = 2**23
-
-
-def auto_chunk_size(vocab_size: int) -> int:
-    tokens = max(1, AUTO_CHUNK_VALUES // max(1, int(vocab_size)))
-    return int(min(1024, max(16, 2 ** int(math.log2(tokens)))))
-
-
-def _check_chunk_size(chunk_size: Optional[int], vocab_size: int) -> int:
-    if chunk_size is None:
-        return auto_chunk_size(vocab_size)
-    if not (isinstance(chunk_size, int) and chunk_size > 0):
-        raise ValueError(f"chunk_size must be a positive int (or None for automatic), got {chunk_size!r}")
-    return chunk_size
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# public API
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def token_divergence(
@@ -455,17 +112,17 @@ def token_divergence(
         ``[...]`` tensor (shape of the logits without the last dim) of non-negative divergences, in the compute
         dtype.
     """
-    _check_options(divergence, temperature, beta, skew)
+    check_options(divergence, temperature, beta, skew)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} "
             "must have the same shape (slice padded vocabularies to a common size first)"
         )
-    cdt = _compute_dtype(student_logits.dtype, teacher_logits.dtype)
+    cdt = compute_dtype(student_logits.dtype, teacher_logits.dtype)
     t = float(temperature)
     log_ps = F.log_softmax(student_logits.to(cdt) / t, dim=-1)
     log_pt = F.log_softmax(teacher_logits.to(cdt) / t, dim=-1)
-    return _divergence_from_log_probs(log_ps, log_pt, divergence, beta, skew) * (t * t)
+    return divergence_from_log_probs(log_ps, log_pt, divergence, beta, skew) * (t * t)
 
 
 def dense_token_kd(
@@ -503,15 +160,15 @@ def dense_token_kd(
     Returns:
         0-d loss tensor (float32, or float64 for float64 inputs).
     """
-    _check_options(divergence, temperature, beta, skew)
+    check_options(divergence, temperature, beta, skew)
     v = student_logits.shape[-1]
     s = student_logits.reshape(-1, v)
     t = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
     rows = token_divergence(s, t, divergence=divergence, temperature=temperature, beta=beta, skew=skew)
-    index = _supervised_index(labels, s.shape[0], ignore_index, s.device)
+    index = supervised_index(labels, s.shape[0], ignore_index, s.device)
     if index is not None:
         rows = rows.index_select(0, index)
-    return rows.sum() / _resolve_normalizer(normalizer, rows.shape[0])
+    return rows.sum() / resolve_normalizer(normalizer, rows.shape[0])
 
 
 def chunked_token_kd(
@@ -579,14 +236,14 @@ def chunked_token_kd(
         ValueError: on mismatched shapes, on ``Vs != Vt`` without ``vocab_size`` (the message names both sizes),
             or on a ``vocab_size`` larger than either head.
     """
-    _check_options(divergence, temperature, beta, skew)
-    chunk_size = _check_chunk_size(chunk_size, student_weight.shape[0])
-    sh = _flatten_hidden("student_hidden", student_hidden)
-    th = _flatten_hidden("teacher_hidden", teacher_hidden).detach()
+    check_options(divergence, temperature, beta, skew)
+    chunk_size = check_chunk_size(chunk_size, student_weight.shape[0])
+    sh = flatten_hidden("student_hidden", student_hidden)
+    th = flatten_hidden("teacher_hidden", teacher_hidden).detach()
     tw = teacher_weight.detach()
     tb = teacher_bias.detach() if teacher_bias is not None else None
-    _check_head("student", sh, student_weight, student_bias)
-    _check_head("teacher", th, tw, tb)
+    check_head("student", sh, student_weight, student_bias)
+    check_head("teacher", th, tw, tb)
     if sh.shape[0] != th.shape[0]:
         raise ValueError(f"student_hidden has {sh.shape[0]} tokens but teacher_hidden has {th.shape[0]}")
     vs, vt = student_weight.shape[0], tw.shape[0]
@@ -607,22 +264,22 @@ def chunked_token_kd(
         sb = sb[:vocab_size] if sb is not None else None
         tb = tb[:vocab_size] if tb is not None else None
 
-    index = _supervised_index(labels, sh.shape[0], ignore_index, sh.device)
+    index = supervised_index(labels, sh.shape[0], ignore_index, sh.device)
     if index is not None:
         th = th.index_select(0, index)
     n_sup = th.shape[0]
-    targets = _hard_label_targets(labels, index, n_sup, sw.shape[0], hard_weight)
-    inv_norm = 1.0 / _resolve_normalizer(normalizer, n_sup)
-    cdt = _compute_dtype(sh.dtype, sw.dtype, th.dtype, tw.dtype)
+    targets = hard_label_targets(labels, index, n_sup, sw.shape[0], hard_weight)
+    inv_norm = 1.0 / resolve_normalizer(normalizer, n_sup)
+    cdt = compute_dtype(sh.dtype, sw.dtype, th.dtype, tw.dtype)
 
     def chunk_loss(start: int, end: int, student_logits: Tensor, need_grad: bool):
         with torch.no_grad():
             teacher_logits = F.linear(th[start:end], tw, tb).to(cdt)
-        return _divergence_and_grad(
+        return divergence_and_grad(
             student_logits.to(cdt), teacher_logits, divergence, temperature, beta, skew, need_grad
         )
 
-    return _run_fused(sh, sw, sb, index, _with_hard_labels(chunk_loss, targets, hard_weight), chunk_size, inv_norm)
+    return run_fused(sh, sw, sb, index, with_hard_labels(chunk_loss, targets, hard_weight), chunk_size, inv_norm)
 
 
 def chunked_token_kd_topk(
@@ -685,10 +342,10 @@ def chunked_token_kd_topk(
     Returns:
         0-d loss tensor (float32, or float64 for float64 inputs); gradients flow to the student inputs only.
     """
-    _check_options("forward_kl", temperature, 0.5, 0.1)
-    chunk_size = _check_chunk_size(chunk_size, student_weight.shape[0])
-    sh = _flatten_hidden("student_hidden", student_hidden)
-    _check_head("student", sh, student_weight, student_bias)
+    check_options("forward_kl", temperature, 0.5, 0.1)
+    chunk_size = check_chunk_size(chunk_size, student_weight.shape[0])
+    sh = flatten_hidden("student_hidden", student_hidden)
+    check_head("student", sh, student_weight, student_bias)
     v = student_weight.shape[0]
     if teacher_topk_logprobs.shape != teacher_topk_ids.shape:
         raise ValueError(
@@ -710,13 +367,13 @@ def chunked_token_kd_topk(
         if stored_tail.shape[0] != lp.shape[0]:
             raise ValueError(f"teacher_log_tail has {stored_tail.shape[0]} tokens but the teacher top-k has {lp.shape[0]}")
 
-    index = _supervised_index(labels, sh.shape[0], ignore_index, sh.device)
+    index = supervised_index(labels, sh.shape[0], ignore_index, sh.device)
     if index is not None:
         lp, ids = lp.index_select(0, index), ids.index_select(0, index)
         stored_tail = None if stored_tail is None else stored_tail.index_select(0, index)
-    inv_norm = 1.0 / _resolve_normalizer(normalizer, lp.shape[0])
-    targets = _hard_label_targets(labels, index, lp.shape[0], v, hard_weight)
-    cdt = _compute_dtype(sh.dtype, student_weight.dtype, lp.dtype)
+    inv_norm = 1.0 / resolve_normalizer(normalizer, lp.shape[0])
+    targets = hard_label_targets(labels, index, lp.shape[0], v, hard_weight)
+    cdt = compute_dtype(sh.dtype, student_weight.dtype, lp.dtype)
     t = float(temperature)
     has_tail = k < v
 
@@ -755,7 +412,7 @@ def chunked_token_kd_topk(
             grad.scatter_(1, top_ids, q.gather(1, top_ids) - p[:, :k])
             return rows, grad * t
 
-    return _run_fused(sh, student_weight, student_bias, index, _with_hard_labels(chunk_loss, targets, hard_weight),
+    return run_fused(sh, student_weight, student_bias, index, with_hard_labels(chunk_loss, targets, hard_weight),
                       chunk_size, inv_norm)
 
 
@@ -785,14 +442,14 @@ def chunked_token_ce(
     Returns:
         0-d loss tensor (float32, or float64 for float64 inputs).
     """
-    chunk_size = _check_chunk_size(chunk_size, weight.shape[0])
-    flat_hidden = _flatten_hidden("hidden", hidden)
-    _check_head("student", flat_hidden, weight, bias)
-    index = _supervised_index(labels, flat_hidden.shape[0], ignore_index, flat_hidden.device)
-    targets = _supervised_targets(labels.to(flat_hidden.device), index, weight.shape[0], ignore_index)
-    inv_norm = 1.0 / _resolve_normalizer(normalizer, targets.numel())
+    chunk_size = check_chunk_size(chunk_size, weight.shape[0])
+    flat_hidden = flatten_hidden("hidden", hidden)
+    check_head("student", flat_hidden, weight, bias)
+    index = supervised_index(labels, flat_hidden.shape[0], ignore_index, flat_hidden.device)
+    targets = supervised_targets(labels.to(flat_hidden.device), index, weight.shape[0], ignore_index)
+    inv_norm = 1.0 / resolve_normalizer(normalizer, targets.numel())
 
     def chunk_loss(start: int, end: int, logits: Tensor, need_grad: bool):
-        return _cross_entropy_rows(logits, targets[start:end].unsqueeze(1), need_grad)
+        return cross_entropy_rows(logits, targets[start:end].unsqueeze(1), need_grad)
 
-    return _run_fused(flat_hidden, weight, bias, index, chunk_loss, chunk_size, inv_norm)
+    return run_fused(flat_hidden, weight, bias, index, chunk_loss, chunk_size, inv_norm)

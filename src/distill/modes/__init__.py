@@ -39,4 +39,7 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
         raise DistillError(f"mode {kind!r} builds its models from the recipe; a teacher module cannot be "
                            "passed (export it with distill.models.export_model and name it with kind: saved)")
     require_student_spec(config, set(given))
+    if config.objective is None:
+        raise DistillError(f"mode {kind!r} trains its models with the recipe's objective, and the recipe has none: "
+                           "add an objective section (e.g. objective: {alpha: 0.9, temperature: 4})")
     return import_module(f"distill.modes.{kind}").plan(config, config.mode, set(given))

@@ -7,8 +7,15 @@ from __future__ import annotations
 from distill.config import AssistantChainMode, Recipe
 from distill.errors import DistillError
 from distill.models import build_seeded, check_outputs, count_parameters
-from distill.modes.common import (baseline_stages, build_mode_student, build_mode_teacher, distil_stage,
-                                  finish_stage, prepare_stage, teacher_stages)
+from distill.modes.common import (
+    baseline_stages,
+    build_mode_student,
+    build_mode_teacher,
+    distil_stage,
+    finish_stage,
+    prepare_stage,
+    teacher_stages,
+)
 from distill.stages import RunContext, Stage
 
 

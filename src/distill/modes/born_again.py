@@ -8,8 +8,15 @@ from typing import Any
 
 from distill.config import BornAgainMode, Recipe
 from distill.models import TEACHER_SEED_OFFSET, build_seeded, build_teacher
-from distill.modes.common import (ProbabilityEnsemble, baseline_stages, build_mode_student, checked,
-                                  distil_stage, finish_stage, prepare_stage)
+from distill.modes.common import (
+    ProbabilityEnsemble,
+    baseline_stages,
+    build_mode_student,
+    checked,
+    distil_stage,
+    finish_stage,
+    prepare_stage,
+)
 from distill.stages import RunContext, Stage
 from distill.training_stage import train_stage
 

@@ -15,7 +15,12 @@ from torch import Tensor, nn
 from distill.checkpoint import write_json_atomic
 from distill.errors import DistillError
 from distill.evaluate.compare import evaluate_models
-from distill.models import TEACHER_SEED_OFFSET, build_seeded, build_teacher, check_outputs
+from distill.models import (
+    TEACHER_SEED_OFFSET,
+    build_seeded,
+    build_teacher,
+    check_outputs,
+)
 from distill.stages import RunContext, Stage, is_main_process, on_main
 from distill.training_stage import export_trained, train_stage
 

@@ -21,8 +21,17 @@ from torch import Tensor, nn
 from distill.config import CounterfactualMode, ObjectiveConfig, Recipe, TermConfig
 from distill.data.tokens import probe_batch
 from distill.errors import DistillError
-from distill.modes.common import (baseline_stages, build_mode_student, build_mode_teacher, checked, distil_stage,
-                                  finish_stage, prepare_stage, require_classifier, teacher_stages)
+from distill.modes.common import (
+    baseline_stages,
+    build_mode_student,
+    build_mode_teacher,
+    checked,
+    distil_stage,
+    finish_stage,
+    prepare_stage,
+    require_classifier,
+    teacher_stages,
+)
 from distill.stages import RunContext, Stage
 
 SIGNAL = "counterfactual"

@@ -24,8 +24,16 @@ from torch import Tensor, nn
 from distill.config import DataFreeMode, Recipe
 from distill.data import ArrayDataset
 from distill.errors import DistillError
-from distill.modes.common import (build_mode_student, build_mode_teacher, checked, distil_stage, finish_stage,
-                                  prepare_stage, require_classifier, teacher_stages)
+from distill.modes.common import (
+    build_mode_student,
+    build_mode_teacher,
+    checked,
+    distil_stage,
+    finish_stage,
+    prepare_stage,
+    require_classifier,
+    teacher_stages,
+)
 from distill.stages import RunContext, Stage, on_main
 from distill.training_stage import export_trained
 

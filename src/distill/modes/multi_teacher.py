@@ -6,8 +6,16 @@ from __future__ import annotations
 
 from distill.config import MultiTeacherMode, Recipe
 from distill.models import TEACHER_SEED_OFFSET, build_seeded
-from distill.modes.common import (ProbabilityEnsemble, baseline_stages, build_mode_student, checked, distil_stage,
-                                  finish_stage, freeze, prepare_stage)
+from distill.modes.common import (
+    ProbabilityEnsemble,
+    baseline_stages,
+    build_mode_student,
+    checked,
+    distil_stage,
+    finish_stage,
+    freeze,
+    prepare_stage,
+)
 from distill.stages import RunContext, Stage
 from distill.training_stage import train_stage
 

@@ -17,7 +17,14 @@ from torch import Tensor, nn
 from distill.config import ObjectiveConfig, Recipe, SelfDistillationMode, TermConfig
 from distill.data.tokens import probe_batch
 from distill.errors import DistillError
-from distill.modes.common import baseline_stages, build_mode_student, checked, finish_stage, prepare_stage, require_classifier
+from distill.modes.common import (
+    baseline_stages,
+    build_mode_student,
+    checked,
+    finish_stage,
+    prepare_stage,
+    require_classifier,
+)
 from distill.stages import RunContext, Stage
 from distill.training_stage import train_stage
 

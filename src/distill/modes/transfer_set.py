@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,17 @@ from distill.config import Recipe, TransferSetMode
 from distill.data import ArrayDataset
 from distill.data.arrays import split_indices
 from distill.errors import DistillError
-from distill.modes.common import (baseline_stages, build_mode_student, build_mode_teacher, checked, distil_stage,
-                                  finish_stage, prepare_stage, require_classifier, teacher_stages)
+from distill.modes.common import (
+    baseline_stages,
+    build_mode_student,
+    build_mode_teacher,
+    checked,
+    distil_stage,
+    finish_stage,
+    prepare_stage,
+    require_classifier,
+    teacher_stages,
+)
 from distill.stages import RunContext, Stage
 
 UNLABELLED = -100  # cross_entropy's ignore_index: these examples only meet the teacher

@@ -1,0 +1,88 @@
+"""The whole recipe: every section, and the checks that span sections."""
+
+from __future__ import annotations
+
+import yaml
+from pydantic import Field, model_validator
+
+from distill.config.base import StrictSection
+from distill.config.modes import ModeSpec
+from distill.config.sections import (
+    CompressConfig,
+    DataConfig,
+    EvaluationConfig,
+    ObjectiveConfig,
+    OutputConfig,
+    StudentConfig,
+    TeacherConfig,
+    TrainingConfig,
+)
+
+
+class Recipe(StrictSection):
+    """A whole distillation run."""
+    name: str = Field("run", description="The run's name, in metrics and the default run directory runs/<name>; "
+                      "a recipe file without one is named after the file.")
+    description: str = Field("", description="Free text about the recipe; its first line is shown by `distill "
+                             "recipes`.")
+    seed: int = Field(0, description="Seed of the student's initialisation, the data order and the seeded data "
+                      "splits; the teacher trained here uses seed + 1000. Change it (or use `distill sweep`) to "
+                      "measure run-to-run spread.")
+    data: DataConfig = Field(description="Where the examples come from.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The model the student learns from.")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="The model being distilled "
+                                   "(omitted: a teacher-only recipe, which trains the teacher with teacher.train "
+                                   "and evaluates it).")
+    baseline: bool = Field(False, description="Also train the student architecture on hard labels alone, for "
+                           "comparison, from the same initial weights.")
+    objective: ObjectiveConfig | None = Field(None, description="What the student is trained to minimise (null: "
+                                              "no distillation stage; every recipe with a student needs one, "
+                                              "checked when its stages are planned).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training of the student and the "
+                                     "baseline (a teacher trained here uses teacher.train).")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How the models are "
+                                         "measured on the test split.")
+    compress: CompressConfig | None = Field(None, description="Quantize and/or prune the distilled student "
+                                            "(null: no compressed variants; classifier students only, checked).")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where the run is written.")
+    mode: ModeSpec | None = Field(None, description="A training regime beyond one frozen teacher (distill.modes), "
+                                  "chosen by kind (null: a plain teacher -> student run). student.freeze is not "
+                                  "allowed with one (checked).")
+
+    @model_validator(mode="after")
+    def _cache_without_augmentation(self) -> "Recipe":
+        if (self.teacher.cache is not None and self.training.augment.shift > 0
+                and not self.teacher.cache_allow_augmentation):
+            raise ValueError(f"training.augment.shift is {self.training.augment.shift} and teacher.cache is set: the "
+                             "cached teacher outputs are for un-augmented inputs, so they would not match what the "
+                             "student sees. Drop the augmentation, or set teacher.cache_allow_augmentation: true to "
+                             "train with them anyway")
+        return self
+
+    @model_validator(mode="after")
+    def _compress_classifiers_only(self) -> "Recipe":
+        if self.compress is not None and self.data.is_language_modeling:
+            raise ValueError("compress: int8 quantization and pruning are implemented for classifier students; a "
+                             "causal-LM student is exported in float (quantize it with your inference runtime, e.g. "
+                             "llama.cpp or torchao). Remove the compress section")
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_one_student(self) -> "Recipe":
+        if self.student.freeze and self.mode is not None:
+            raise ValueError(f"student.freeze is applied to the single student of a plain run; mode "
+                             f"{self.mode.kind!r} trains its own models. Remove student.freeze")
+        return self
+
+    def needs_teacher(self) -> bool:
+        from distill.losses import get_loss
+
+        return self.objective is not None and any(get_loss(term.loss).needs_teacher for term in self.objective.terms)
+
+    @property
+    def has_student(self) -> bool:
+        """Whether the recipe builds a student (from a spec or from the teacher's layers)."""
+        return self.student.model is not None or self.student.from_teacher is not None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
