@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt data-packages.txt
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 demo: $(STAMP)

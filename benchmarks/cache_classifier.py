@@ -22,10 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-
-import torch  # noqa: E402
 
 import distill  # noqa: E402
 from common import fmt, mean_std, write_results  # noqa: E402
@@ -104,7 +103,8 @@ def main() -> None:
         "live_accuracy", "cache_accuracy", "accuracy_difference", "live_errors", "cache_errors")}
     path = write_results("cache_classifier", {
         "seeds": args.seeds, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-        "dtype": args.dtype, "threads": args.threads, "cache_build_seconds": round(build_seconds, 3), "cache_bytes": info["bytes"],
+        "dtype": args.dtype, "threads": args.threads, "cache_build_seconds": round(build_seconds, 3),
+        "cache_bytes": info["bytes"],
         "cache_bytes_per_sample": info["bytes_per_sample"], "cache_samples": info["samples"],
         "teacher_fingerprint": metadata["teacher_fingerprint"], "summary": summary, "runs": runs})
     print(f"results: {path}")

@@ -27,10 +27,10 @@ against the live teacher and the next-token CE.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
-import copy
 import tempfile
 import time
 from pathlib import Path
@@ -46,18 +46,21 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from common import optimizer_step_stamps, write_results  # noqa: E402
+from distill import trainer as train_module  # noqa: E402
 from distill.cache import TeacherCache, build_cache  # noqa: E402
 from distill.cache.build import _teacher_for  # noqa: E402
 from distill.capture import FinalHidden, SignalCapture  # noqa: E402
-from distill.config import load_recipe  # noqa: E402
+from distill.config import (  # noqa: E402
+    ObjectiveConfig,
+    TrainingConfig,
+    load_recipe,
+)
 from distill.data.indexed import IndexedDataset  # noqa: E402
 from distill.derive import default_layers, derive_student  # noqa: E402
 from distill.losses.lm import token_kd  # noqa: E402
+from distill.objective import Objective  # noqa: E402
 from distill.run import load_data  # noqa: E402
 from distill.teachers import CachedTeacher  # noqa: E402
-from distill import trainer as train_module  # noqa: E402
-from distill.config import ObjectiveConfig, TrainingConfig  # noqa: E402
-from distill.objective import Objective  # noqa: E402
 
 KD = {"name": "kd", "loss": "token_kd", "student": "final_hidden", "teacher": "final_hidden", "weight": 0.5}
 CE = {"name": "ce", "loss": "token_ce", "student": "final_hidden", "weight": 0.5}

@@ -66,7 +66,8 @@ def main() -> None:
         # the same student, schedule and number of inputs, but real ones: what the synthetic inputs stand in for
         real = distill.train({**base, "name": "kd-mnist-real", "seed": seed, "baseline": False,
                               "data": {"dataset": "mnist", "train_subset": args.samples},
-                              "teacher": {"model": {"kind": "saved", "path": str(root / f"s{seed}-data-free" / "teacher")}}},
+                              "teacher": {"model": {"kind": "saved",
+                                                    "path": str(root / f"s{seed}-data-free" / "teacher")}}},
                              output=root / f"s{seed}-kd-real", resume=True, show_progress=False).metrics
         accuracy[real_row].append(real["student"]["accuracy"])
         print(f"seed {seed}: teacher {free['teacher']['accuracy']:.4f} data-free {free['student']['accuracy']:.4f} "
@@ -79,7 +80,8 @@ def main() -> None:
     Console().print(table)
     path = write_results(args.name, {
         "seeds": args.seeds, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-        "samples": args.samples, "steps": args.steps, "jitter": args.jitter, "shift": args.shift, "wall_seconds": round(time.perf_counter() - started, 1),
+        "samples": args.samples, "steps": args.steps, "jitter": args.jitter, "shift": args.shift,
+        "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": {name: {"accuracy_mean": mean_std(values)[0], "accuracy_std": mean_std(values)[1],
                         "accuracies": values} for name, values in accuracy.items()},
         "data_free_accuracy": mean_std(accuracy["data-free student"])[0], "goal": 0.90,

@@ -175,7 +175,8 @@ def main() -> None:
     write_results(args.name, {
         "seeds": args.seeds, "train_verses": verses, "epochs": args.epochs, "overrides": args.overrides,
         "embedding_cosine": mean_std(main_row["cosine"])[0], "embedding_cosine_std": mean_std(main_row["cosine"])[1],
-        "neighbour_overlap": mean_std(main_row["overlap"])[0], "neighbour_overlap_std": mean_std(main_row["overlap"])[1],
+        "neighbour_overlap": mean_std(main_row["overlap"])[0],
+        "neighbour_overlap_std": mean_std(main_row["overlap"])[1],
         "throughput_ratio": mean_std(alone)[0], "throughput_ratio_std": mean_std(alone)[1],
         "throughput_ratio_during_runs": mean_std(main_row["throughput_ratio"])[0],
         "wall_seconds": round(time.perf_counter() - started),  # of this invocation (finished runs are reused)

@@ -24,7 +24,8 @@ Loops alternate within each round (the order rotates from round to round); ratio
 machine may be shared: a round starts only once other processes leave the CPUs idle, and a round during which they
 used more than 5% of the CPUs (from /proc/stat) is discarded and run again.
 
-    .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--steps 100] [--threads N] [--method window|difference] [--quick]
+    .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--steps 100] [--threads N]
+        [--method window|difference] [--quick]
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1 (to "
-                        "spread seeds over processes; a later call over all seeds with the same --output collects them)")
+                        "spread seeds over processes; a later call over all seeds with the same --output collects "
+                        "them)")
     parser.add_argument("--teacher-epochs", type=float, default=40)
     parser.add_argument("--student-epochs", type=float, default=20)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe overrides")

@@ -35,7 +35,8 @@ def run(student, teacher, optimizer, batches, hooked: bool) -> float:
         with torch.no_grad():
             teacher_logits = teacher_capture.forward(teacher, {"inputs": inputs})["logits"]
         student_logits = student_capture.forward(student, {"inputs": inputs})["logits"]
-        loss = 0.9 * soft_kl(student_logits, teacher_logits, temperature=4.0) + 0.1 * cross_entropy(student_logits, labels)
+        loss = (0.9 * soft_kl(student_logits, teacher_logits, temperature=4.0)
+                + 0.1 * cross_entropy(student_logits, labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -70,7 +71,8 @@ def main() -> None:
     write_results("hook_overhead", {"hook_overhead_ratio": statistics.median(ratios),
                                     "hook_overhead_ratio_mean": statistics.fmean(ratios),
                                     "hook_overhead_ratio_std": statistics.stdev(ratios),
-                                    "plain_step_ms": statistics.median(plain), "hooked_step_ms": statistics.median(hooked),
+                                    "plain_step_ms": statistics.median(plain),
+                                    "hooked_step_ms": statistics.median(hooked),
                                     "hooked_layers": HOOKED, "rounds": args.rounds, "steps_per_round": args.steps,
                                     "batch": 64})
 

@@ -91,7 +91,8 @@ def jsd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: f
     log_ps = F.log_softmax(student_logits.flatten(0, -2), dim=-1)
     log_pt = F.log_softmax(teacher_logits.flatten(0, -2), dim=-1)
     log_m = torch.logaddexp(log_ps + torch.log1p(torch.tensor(-beta)), log_pt + torch.log(torch.tensor(beta)))
-    per_token = beta * (log_pt.exp() * (log_pt - log_m)).sum(-1) + (1 - beta) * (log_ps.exp() * (log_ps - log_m)).sum(-1)
+    per_token = (beta * (log_pt.exp() * (log_pt - log_m)).sum(-1)
+                 + (1 - beta) * (log_ps.exp() * (log_ps - log_m)).sum(-1))
     return per_token.mean()
 
 
@@ -158,8 +159,9 @@ def run_trl_gkd(student, teacher, batches: list[torch.Tensor], steps: int, defau
         config = GKDConfig(**common)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=Dataset.from_list(rows),
-                                 data_collator=_trl_collate, processing_class=_tokenizer(), callbacks=[Stamp()])
+            trainer = GKDTrainer(model=student, teacher_model=teacher, args=config,
+                                 train_dataset=Dataset.from_list(rows), data_collator=_trl_collate,
+                                 processing_class=_tokenizer(), callbacks=[Stamp()])
             # The data are already in training order: no shuffling, as in the other loops.
             trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
             trainer.train()

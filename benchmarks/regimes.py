@@ -98,10 +98,11 @@ def main() -> None:
         add("multi/teachers combined", metrics["teacher"]["accuracy"])
         add("multi/student, confidence", metrics["student"]["accuracy"])
         multi["mode"] = {**multi["mode"], "combine": "fixed"}
-        multi["mode"]["teachers"][1] = {"name": "mlp", "model": {"kind": "saved",
-                                                                 "path": str(root / f"s{seed}-multi-confidence" / "teacher-mlp")}}
+        multi["mode"]["teachers"][1] = {"name": "mlp", "model": {
+            "kind": "saved", "path": str(root / f"s{seed}-multi-confidence" / "teacher-mlp")}}
         add("multi/student, fixed", run("multi-fixed", multi)["student"]["accuracy"])
-        mlp_kd = recipe("mnist1d-kd", epochs, baseline=False, student=student, teacher={"model": multi["mode"]["teachers"][1]["model"]})
+        mlp_kd = recipe("mnist1d-kd", epochs, baseline=False, student=student,
+                        teacher={"model": multi["mode"]["teachers"][1]["model"]})
         add("multi/KD from the MLP alone", run("kd-mlp", mlp_kd)["student"]["accuracy"])
 
         # two strong, different CNN teachers: the reference one and a wider one with shorter kernels
@@ -137,9 +138,9 @@ def main() -> None:
         metrics = run("transfer-soft", recipe("mnist1d-transfer-set", epochs, teacher=saved_teacher, student=student))
         add("transfer/5% labels alone", metrics["baseline"]["accuracy"])
         add("transfer/5% labels + soft targets", metrics["student"]["accuracy"])
-        hard = recipe("mnist1d-transfer-set", epochs, teacher=saved_teacher, student=student, baseline=False, objective={
-            "terms": [{"name": "pseudo", "loss": "teacher_label_ce", "weight": 0.9},
-                      {"name": "hard", "loss": "cross_entropy", "weight": 0.1}]})
+        hard = recipe("mnist1d-transfer-set", epochs, teacher=saved_teacher, student=student, baseline=False,
+                      objective={"terms": [{"name": "pseudo", "loss": "teacher_label_ce", "weight": 0.9},
+                                           {"name": "hard", "loss": "cross_entropy", "weight": 0.1}]})
         add("transfer/5% labels + hard pseudo-labels", run("transfer-hard", hard)["student"]["accuracy"])
 
         metrics = run("counterfactual", recipe("mnist1d-counterfactual", epochs, teacher=saved_teacher, baseline=False,
@@ -159,7 +160,8 @@ def main() -> None:
                 add(f"self/exit {index}", metrics[f"exit-{index}"]["accuracy"])
         print(f"seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    table = Table(title=f"MNIST-1D regimes, student CNN {args.student_channels}, {args.seeds} seeds, {args.epochs:g} epochs per stage, test accuracy (1,000)")
+    table = Table(title=f"MNIST-1D regimes, student CNN {args.student_channels}, {args.seeds} seeds, "
+                        f"{args.epochs:g} epochs per stage, test accuracy (1,000)")
     table.add_column("row")
     table.add_column("accuracy (mean ± std)", justify="right")
     for key, values in rows.items():

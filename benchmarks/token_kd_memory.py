@@ -19,10 +19,11 @@ Each measurement runs in a fresh subprocess (so peak RSS is that loss's alone): 
 peak-RSS mark is reset (``/proc/self/clear_refs``), then the loss runs ``--repeats`` times (default 1: a call
 takes minutes here); **peak** = the highest resident set during any run minus the resident set just before the
 first (so it includes the gradients of the student's hidden states and head, the same on every side), **time** =
-median of the runs (no warm-up: the inputs and code path were touched on a tiny problem first). A watchdog ends a worker whose resident set passes ``--max-gib`` (the machine has
-24 GiB shared with other jobs), and the table says so; a dense run predicted (from a run at N / 8) to pass it is
-measured at the largest N / 2^k that fits and scaled linearly in N, marked ``extrapolated_from``. Settings: V = 49,152 with N = 4,096 and V = 262,144 with
-N = 1,024 (``--settings``), then ours alone at larger N (``--scaling``), where the dense reference cannot run; its
+median of the runs (no warm-up: the inputs and code path were touched on a tiny problem first). A watchdog ends a
+worker whose resident set passes ``--max-gib`` (the machine has 24 GiB shared with other jobs), and the table says
+so; a dense run predicted (from a run at N / 8) to pass it is measured at the largest N / 2^k that fits and scaled
+linearly in N, marked ``extrapolated_from``. Settings: V = 49,152 with N = 4,096 and V = 262,144 with N = 1,024
+(``--settings``), then ours alone at larger N (``--scaling``), where the dense reference cannot run; its
 peak there is extrapolated linearly in N from the measured point (dense memory is N x V x a constant).
 
     .venv/bin/python benchmarks/token_kd_memory.py [--betas 0 0.5] [--repeats 1] [--chunk-sizes 256 1024]

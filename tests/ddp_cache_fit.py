@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
-from helpers import blobs, mlp
 from safetensors.torch import save_model
 
 from distill.cache import TeacherCache
@@ -14,6 +13,7 @@ from distill.data.indexed import IndexedDataset
 from distill.objective import Objective
 from distill.teachers import CachedTeacher
 from distill.trainer import fit
+from helpers import blobs, mlp
 
 output, batch_size, cache = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 output.mkdir(parents=True, exist_ok=True)

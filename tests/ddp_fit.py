@@ -4,12 +4,12 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
-from helpers import blobs, mlp
 from safetensors.torch import save_model
 
 from distill.config import ObjectiveConfig, TrainingConfig
 from distill.objective import Objective
 from distill.trainer import fit
+from helpers import blobs, mlp
 
 output, batch_size = Path(sys.argv[1]), int(sys.argv[2])
 output.mkdir(parents=True, exist_ok=True)

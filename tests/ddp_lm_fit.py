@@ -5,13 +5,13 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
-from lm_helpers import chats, tiny_llama, tokenizer
 from safetensors.torch import save_model
 
 from distill.config import ObjectiveConfig, TrainingConfig
 from distill.data.lm import ChatExamples
 from distill.objective import Objective
 from distill.trainer import fit
+from lm_helpers import chats, tiny_llama, tokenizer
 
 output, batch_size = Path(sys.argv[1]), int(sys.argv[2])
 output.mkdir(parents=True, exist_ok=True)

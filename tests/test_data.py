@@ -277,7 +277,8 @@ def test_load_files_parquet_with_test_path_and_nested_lists(tmp_path):
 
     pq.write_table(table(50, 0), tmp_path / "train.parquet")
     pq.write_table(table(10, 1000), tmp_path / "test.parquet")
-    s = load_files(tmp_path / "train.parquet", features="img", label="y", test_path=tmp_path / "test.parquet", val_size=0.2)
+    s = load_files(tmp_path / "train.parquet", features="img", label="y", test_path=tmp_path / "test.parquet",
+                   val_size=0.2)
     assert s.input_shape == (2, 2) and (len(s.train_y), len(s.val_y), len(s.test_y)) == (40, 10, 10)
     assert (s.test_x[:, 0, 0] >= 1000).all() and (s.train_x[:, 0, 0] < 1000).all() and (s.val_x[:, 0, 0] < 1000).all()
     assert s.num_classes == 2 and "test.parquet" in s.source
@@ -308,7 +309,8 @@ def test_load_files_save_to_disk_with_test_split(tmp_path):
 
     # A 'validation' split is used as the validation set.
     with_val = tmp_path / "with_val"
-    datasets.DatasetDict({"train": train, "validation": test.select(range(3)), "test": test}).save_to_disk(str(with_val))
+    datasets.DatasetDict({"train": train, "validation": test.select(range(3)),
+                          "test": test}).save_to_disk(str(with_val))
     s2 = load_files(with_val, features=["a", "b"], label="y")
     assert (len(s2.train_y), len(s2.val_y), len(s2.test_y)) == (40, 3, 8)
 

@@ -26,12 +26,13 @@ from distill.errors import DistillError  # noqa: E402
 
 
 def bert_config(**kw):
-    return BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64, **kw)
+    return BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64,
+                      **kw)
 
 
 def llama_config(**kw):
-    return LlamaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-                       intermediate_size=64, **kw)
+    return LlamaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=64, **kw)
 
 
 def make(cls, config):
@@ -128,7 +129,8 @@ def test_all_layers_reproduces_teacher(cls, config, vocab):
 # ---------------------------------------------------------------------------------------------- a subset of layers
 
 
-@pytest.mark.parametrize("cls, config, vocab", [(BertForMaskedLM, bert_config(), 100), (LlamaForCausalLM, llama_config(), 128)])
+@pytest.mark.parametrize("cls, config, vocab", [(BertForMaskedLM, bert_config(), 100),
+                                                (LlamaForCausalLM, llama_config(), 128)])
 def test_subset_copies_chosen_layers(cls, config, vocab):
     teacher = make(cls, config)
     student = derive_student(teacher, [0, 2, 4])
@@ -176,8 +178,9 @@ def test_mode_and_dtype_follow_teacher():
 
 
 def test_per_layer_config_lists_are_sliced():
-    config = Qwen2Config(vocab_size=128, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, use_sliding_window=True, sliding_window=4, max_window_layers=3)
+    config = Qwen2Config(vocab_size=128, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, use_sliding_window=True, sliding_window=4,
+                         max_window_layers=3)
     teacher = make(Qwen2ForCausalLM, config)
     assert len(teacher.config.layer_types) == 6
     student = derive_student(teacher, [0, 4, 5])
@@ -256,5 +259,6 @@ def test_real_minilm_encoder():
         reference = teacher(**batch).last_hidden_state
     assert hidden.shape == reference.shape and hidden.shape[-1] == 384 and torch.isfinite(hidden).all()
     assert torch.equal(full, reference)
-    assert torch.equal(student.encoder.layer[1].attention.self.query.weight, teacher.encoder.layer[5].attention.self.query.weight)
+    assert torch.equal(student.encoder.layer[1].attention.self.query.weight,
+                       teacher.encoder.layer[5].attention.self.query.weight)
     assert n_params(teacher) - n_params(student) == 4 * sum(p.numel() for p in teacher.encoder.layer[1].parameters())

@@ -331,7 +331,9 @@ def _variants(command: str) -> list[str]:
     found = []
     for present in itertools.product((True, False), repeat=len(optional)):
         chosen = iter(present)
-        found.append(re.sub(r"\[([^\]]*)\]", lambda match: match.group(1) if next(chosen) else "", command))
+        # re.sub calls the lambda within this iteration; binding `chosen` as a default only quiets B023
+        found.append(re.sub(r"\[([^\]]*)\]", lambda match, chosen=chosen: match.group(1) if next(chosen) else "",
+                            command))
     return found
 
 

@@ -6,7 +6,6 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import mlp
 
 import distill
 from distill.cli import main
@@ -15,6 +14,7 @@ from distill.data import ArrayDataset, load_builtin
 from distill.evaluate.metrics import predict_logits
 from distill.models import load_saved
 from distill.quantized import quantize_int8
+from helpers import mlp
 
 QUICK = ["teacher.train.epochs=3", "training.epochs=2", "evaluation.latency_runs=5", "evaluation.latency_b1_runs=20",
          "compress.quantize=int8", "compress.prune=0.5", "compress.finetune_steps=20"]
@@ -250,9 +250,8 @@ def test_compress_section_is_validated():
 
 
 def test_eval_refuses_a_run_whose_data_came_from_python(tmp_path):
-    from helpers import blobs
-
     from distill.run import RunData
+    from helpers import blobs
 
     everything = blobs(160)
     data = RunData(train=ArrayDataset(everything.inputs[:128].numpy(), everything.labels[:128].numpy()), val=None,

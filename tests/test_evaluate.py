@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from helpers import blobs, mlp
 
 from distill.config import EvaluationConfig
 from distill.data import ArrayDataset
@@ -19,6 +18,7 @@ from distill.evaluate.metrics import (
     mean_kl_to_teacher,
 )
 from distill.evaluate.speed import latency_ms, peak_forward_memory, weight_bytes
+from helpers import blobs, mlp
 
 
 def one_hot_logits(predictions, num_classes=3):
@@ -39,14 +39,16 @@ def test_macro_f1_and_confusion_by_hand():
 def test_kl_and_jsd_by_hand():
     teacher = torch.tensor([[0.0, 0.0]])  # p = (1/2, 1/2)
     student = torch.tensor([[math.log(3.0), 0.0]])  # q = (3/4, 1/4)
-    assert mean_kl_to_teacher(student, teacher) == pytest.approx(0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25))
+    assert mean_kl_to_teacher(student, teacher) == pytest.approx(0.5 * math.log(0.5 / 0.75)
+                                                                 + 0.5 * math.log(0.5 / 0.25))
     middle = (0.625, 0.375)
     kl_p = 0.5 * math.log(0.5 / middle[0]) + 0.5 * math.log(0.5 / middle[1])
     kl_q = 0.75 * math.log(0.75 / middle[0]) + 0.25 * math.log(0.25 / middle[1])
     assert mean_jsd_to_teacher(student, teacher) == pytest.approx(0.5 * kl_p + 0.5 * kl_q)
     assert mean_jsd_to_teacher(teacher, teacher) == pytest.approx(0.0, abs=1e-12)
     # JSD stays finite where the student puts (numerically) no mass on the teacher's class
-    assert mean_jsd_to_teacher(torch.tensor([[1000.0, 0.0]]), torch.tensor([[0.0, 1000.0]])) == pytest.approx(math.log(2))
+    assert (mean_jsd_to_teacher(torch.tensor([[1000.0, 0.0]]), torch.tensor([[0.0, 1000.0]]))
+            == pytest.approx(math.log(2)))
 
 
 def test_ece_and_reliability_bins_by_hand():
@@ -116,7 +118,8 @@ def test_side_by_side_rows_are_complete_and_consistent():
     for name in ("baseline", "student"):
         inherited = metrics["details"][name]["inherited"]
         assert inherited["teacher_errors"] == metrics["teacher"]["errors"]
-        assert metrics[name]["inherited_share"] == pytest.approx(inherited["inherited"] / inherited["teacher_errors"], abs=1e-6)
+        assert metrics[name]["inherited_share"] == pytest.approx(inherited["inherited"] / inherited["teacher_errors"],
+                                                                 abs=1e-6)
     expected = ((metrics["baseline"]["errors"] - metrics["student"]["errors"])
                 / (metrics["baseline"]["errors"] - metrics["teacher"]["errors"]))
     assert metrics["gap_recovered"] == pytest.approx(expected, abs=1e-4)

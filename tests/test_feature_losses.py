@@ -376,7 +376,9 @@ CASES = {
     "rkd_distance": (rkd_distance, _rand(4, 3), _rand(4, 5, seed=1), (), {}, True),
     "rkd_angle": (rkd_angle, _rand(4, 3), _rand(4, 5, seed=1), (), {}, True),
     "crd": (crd_in_batch, _rand(3, 4), _rand(3, 4, seed=1), (), {"temperature": 0.5}, None),
-    "crd_symmetric": (crd_in_batch, _rand(3, 4), _rand(3, 4, seed=1), (), {"temperature": 0.5, "symmetric": True}, None),
+    "crd_symmetric": (
+        crd_in_batch, _rand(3, 4), _rand(3, 4, seed=1), (), {"temperature": 0.5, "symmetric": True}, None,
+    ),
     "similarity_kl": (similarity_kl, _rand(4, 3), _rand(4, 3, seed=1), (), {"temperature": 0.5}, True),
     "dkd": (dkd, _rand(3, 4), _rand(3, 4, seed=1), (LABELS,), {}, True),
     "minilm_attention": (minilm_attention_kl, _probs(2, 2, 3, 3), _probs(2, 2, 3, 3, seed=1), (), {}, True),

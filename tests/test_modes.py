@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import blobs
 from torch import nn
 
 import distill
@@ -27,6 +26,7 @@ from distill.modes.transfer_set import UNLABELLED, labelled_split
 from distill.nets import MLP
 from distill.objective import Objective
 from distill.run import RunData
+from helpers import blobs
 
 FEATURES, CLASSES = 12, 4
 
@@ -467,7 +467,8 @@ def test_jitter_rolls_every_spatial_axis_by_at_most_its_size_and_changes_the_syn
     teacher = CNN((1, 16), [8], 3)
     settings = dict(samples=6, batch_size=6, steps=5, lr=0.1)
     plain, _ = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0, mode=DataFreeMode(**settings))
-    jittered, _ = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0, mode=DataFreeMode(**settings, jitter=2))
+    jittered, _ = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0,
+                             mode=DataFreeMode(**settings, jitter=2))
     again, _ = synthesise(teacher, input_shape=(1, 16), num_classes=3, seed=0, mode=DataFreeMode(**settings, jitter=2))
     assert not torch.equal(plain, jittered) and torch.equal(jittered, again)
 

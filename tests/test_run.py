@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import blobs, mlp
 
 import distill
 from distill.data import ArrayDataset
@@ -14,6 +13,7 @@ from distill.errors import DistillError
 from distill.evaluate.metrics import predict_logits
 from distill.models import load_saved
 from distill.run import RunData
+from helpers import blobs, mlp
 
 QUICK = ["teacher.train.epochs=4", "training.epochs=3", "evaluation.latency_runs=5"]
 
@@ -145,7 +145,8 @@ def test_user_csv_runs_end_to_end(tmp_path):
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     recipe = {**PYTHON_RECIPE, "data": {"path": str(tmp_path / "data.csv"), "features": ["f1", "f2", "f3"],
                                         "label": "label"},
-              "teacher": {"model": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 20, "batch_size": 16, "lr": 0.01}},
+              "teacher": {"model": {"kind": "mlp", "hidden": [32]},
+                          "train": {"epochs": 20, "batch_size": 16, "lr": 0.01}},
               "student": {"model": {"kind": "mlp", "hidden": [4]}}}
     result = distill.train(recipe, output=tmp_path / "run", show_progress=False)
     assert result.metrics["teacher"]["accuracy"] > 0.8

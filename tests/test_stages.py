@@ -42,7 +42,8 @@ def _stage(name, reads=(), writes=(), calls=None, resumable=True):
 
 def test_a_stage_that_reads_what_only_a_later_stage_writes_fails_naming_both():
     stages = [_stage("student", reads=("teacher",), calls=[]), _stage("teacher", writes=("teacher",), calls=[])]
-    with pytest.raises(DistillError, match="stage 'student' reads 'teacher', which only the later stage 'teacher' writes"):
+    with pytest.raises(DistillError,
+                       match="stage 'student' reads 'teacher', which only the later stage 'teacher' writes"):
         check_plan(stages)
     with pytest.raises(DistillError, match="stage 'student' reads 'cache', which no earlier stage writes"):
         check_plan([_stage("student", reads=("cache",), calls=[])])
@@ -59,7 +60,8 @@ def test_resume_restores_finished_stages_and_runs_the_rest(tmp_path):
     context = run_stages(stages, RunContext(FakeConfig(), tmp_path, data=None))
     assert calls == ["setup", "first", "second"]
     assert context.stages == {"first": {"ran": "first"}, "second": {"ran": "second"}}
-    assert stage_done(tmp_path, "first") == {"ran": "first"} and (tmp_path / "recipe.yaml").read_text() == "name: fake\n"
+    assert (stage_done(tmp_path, "first") == {"ran": "first"}
+            and (tmp_path / "recipe.yaml").read_text() == "name: fake\n")
     (tmp_path / "second" / "stage_done.json").unlink()  # as if killed during the second stage
     calls.clear()
     context = run_stages(stages, RunContext(FakeConfig(), tmp_path, data=None, resume=True))

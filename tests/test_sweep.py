@@ -55,7 +55,8 @@ def test_a_crashing_seed_is_marked_and_the_others_finish(tmp_path, monkeypatch):
 
     # run again without the crash: finished runs are reused, the crashed one is run
     monkeypatch.setattr(distill.run, "train", real_train)
-    again = CliRunner().invoke(main, ["sweep", "digits-quick", "--seeds", "2", *sum((["--set", item] for item in TINY), []),
+    again = CliRunner().invoke(main, ["sweep", "digits-quick", "--seeds", "2",
+                                      *sum((["--set", item] for item in TINY), []),
                                       "--grid", "objective.temperature=2,8", "--output", str(tmp_path / "sweep"),
                                       "--quiet"])
     assert again.exit_code == 0, again.output

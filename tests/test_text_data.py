@@ -57,7 +57,8 @@ def test_known_verses(verses):
     assert find(verses, "John", 11, 35).text == "Jesus wept."
     assert find(verses, "John", 11, 35).reference == "John 11:35"
     # translators' supplied words lose their brackets; verse numbers are stripped
-    assert find(verses, "Genesis", 1, 2).text.startswith("And the earth was without form, and void; and darkness was upon")
+    assert find(verses, "Genesis", 1, 2).text.startswith("And the earth was without form, and void; "
+                                                         "and darkness was upon")
     assert verses[-1].text == "The grace of our Lord Jesus Christ be with you all. Amen."
     assert all(v.text and v.text == v.text.strip() and "[" not in v.text and "  " not in v.text for v in verses)
     assert not any(v.text[0].isdigit() and v.text.split(" ", 1)[0].endswith(".") for v in verses)

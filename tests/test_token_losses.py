@@ -683,7 +683,8 @@ def test_automatic_chunk_size_follows_the_vocabulary():
 def test_default_chunking_equals_one_chunk():
     torch.manual_seed(0)
     student_hidden, teacher_hidden = torch.randn(300, 8, dtype=torch.float64), torch.randn(300, 6, dtype=torch.float64)
-    student_weight, teacher_weight = torch.randn(70_000, 8, dtype=torch.float64), torch.randn(70_000, 6, dtype=torch.float64)
+    student_weight, teacher_weight = (torch.randn(70_000, 8, dtype=torch.float64),
+                                      torch.randn(70_000, 6, dtype=torch.float64))
     labels = torch.zeros(300, dtype=torch.long)
     automatic = chunked_token_kd(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
     whole = chunked_token_kd(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, chunk_size=300)

@@ -139,8 +139,9 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path):
 
 def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "interrupted"
-    command, env = _cli("--output", str(run_dir), "--set", "training.max_steps=100000", "--set", "teacher.train.epochs=1",
-                        "--set", "baseline=false", "--set", "training.checkpoint_every=100000")
+    command, env = _cli("--output", str(run_dir), "--set", "training.max_steps=100000",
+                        "--set", "teacher.train.epochs=1", "--set", "baseline=false",
+                        "--set", "training.checkpoint_every=100000")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = run_dir / "log.jsonl"
     deadline = time.time() + 120

@@ -150,7 +150,8 @@ def check_same_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> int
     teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if teacher_vocab != student_vocab:
         if len(teacher_vocab) != len(student_vocab):
-            problem = f"the teacher's tokenizer has {len(teacher_vocab):,} tokens and the student's {len(student_vocab):,}"
+            problem = (f"the teacher's tokenizer has {len(teacher_vocab):,} tokens and the student's "
+                       f"{len(student_vocab):,}")
         else:
             differing = sorted(token for token, index in teacher_vocab.items() if student_vocab.get(token) != index)
             problem = (f"both tokenizers have {len(teacher_vocab):,} tokens, but {len(differing):,} of them differ "

@@ -117,7 +117,8 @@ def _check_layers(layers: Any, num_layers: int) -> list[int]:
     except TypeError:
         raise DistillError(f"layers must be a list of layer indices, got {layers!r}.") from None
     if not items:
-        raise DistillError(f"layers is empty: keep at least one of the teacher's {num_layers} layers (indices 0..{num_layers - 1}).")
+        raise DistillError(f"layers is empty: keep at least one of the teacher's {num_layers} layers "
+                           f"(indices 0..{num_layers - 1}).")
     checked: list[int] = []
     for item in items:
         try:
@@ -128,7 +129,8 @@ def _check_layers(layers: Any, num_layers: int) -> list[int]:
             raise DistillError(f"Layer index {item!r} in layers is not an integer.") from None
         if not 0 <= index < num_layers:
             raise DistillError(
-                f"Layer index {index} in layers is out of range: the teacher has {num_layers} layers (indices 0..{num_layers - 1})."
+                f"Layer index {index} in layers is out of range: the teacher has {num_layers} layers "
+                f"(indices 0..{num_layers - 1})."
             )
         if checked and index <= checked[-1]:
             raise DistillError(
@@ -152,7 +154,8 @@ def _slice_per_layer_lists(config: Any, layers: list[int], num_layers: int) -> N
             setattr(config, name, type(value)(value[i] for i in layers))
 
 
-def derive_student(teacher: transformers.PreTrainedModel, layers: list[int] | None = None) -> transformers.PreTrainedModel:
+def derive_student(teacher: transformers.PreTrainedModel,
+                   layers: list[int] | None = None) -> transformers.PreTrainedModel:
     """A student of the teacher's class made of teacher blocks ``layers`` (default: every other block).
 
     All non-block weights are copied; tied embeddings stay tied; the student has the teacher's dtype, device and
@@ -190,7 +193,8 @@ def derive_student(teacher: transformers.PreTrainedModel, layers: list[int] | No
     if missing or unexpected:
         bad = (list(missing) + list(unexpected))[:3]
         raise DistillError(
-            f"Cannot copy the teacher's weights into the derived {type(teacher).__name__}: parameter names differ ({', '.join(bad)})."
+            f"Cannot copy the teacher's weights into the derived {type(teacher).__name__}: parameter names differ "
+            f"({', '.join(bad)})."
         )
     if getattr(config, "tie_word_embeddings", False):
         student.tie_weights()

@@ -168,7 +168,15 @@ def freeze_modules(model: nn.Module, paths: list[str], *, role: str = "student")
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
+    """Parameters, including the int8 weights that quantized modules keep packed outside ``parameters()``: the
+    one parameter count every table and check uses."""
+    count = sum(parameter.numel() for parameter in model.parameters())
+    for module in model.modules():
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            weight, bias = packed._weight_bias()
+            count += weight.numel() + (bias.numel() if bias is not None else 0)
+    return count
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def require(value: Any, what: str) -> Any:
     return value
 
 
-def build_builtin(spec: MLPSpec | CNNSpec, *, input_shape: tuple[int, ...] | None, num_classes: int | None) -> nn.Module:
+def build_builtin(spec: MLPSpec | CNNSpec, *, input_shape: tuple[int, ...] | None,
+                  num_classes: int | None) -> nn.Module:
     """A built-in net from its spec, sized by the data's per-sample input shape and class count."""
     if isinstance(spec, MLPSpec):
         return MLP(math.prod(require(input_shape, "input_shape")), spec.hidden, require(num_classes, "num_classes"),

@@ -65,7 +65,8 @@ def check_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> Pa
     saved = run_dir / RECIPE_FILE
     if saved.is_file():
         if not resume:
-            raise DistillError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --output")
+            raise DistillError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                               "or choose another --output")
         previous = yaml.safe_load(saved.read_text())
         # evaluation settings do not touch training (and gain fields over versions): they may change on resume
         differing = _differences(previous, recipe.model_dump(mode="json"), ignore={"output", "evaluation"})
@@ -204,7 +205,8 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
     if config.baseline:
         stages.append(train_stage("baseline", model="student", copy_model=True, training=config.training,
                                   seed=config.seed, spec=config.student.model,
-                                  does="the student's architecture on hard labels alone, from the same initial weights"))
+                                  does="the student's architecture on hard labels alone, "
+                                       "from the same initial weights"))
     stages.append(train_stage(
         "student", model="student", teacher="teacher-cache" if cache else ("teacher" if has_teacher else None),
         data="student-data" if cache else "data", training=config.training, seed=config.seed,

@@ -126,7 +126,8 @@ def run_sweep(recipe: str | Path, *, seeds: int, overrides: list[str] | None = N
     points = grid_points(parsed_grid)
     # every grid point must make a valid recipe (the base alone need not: --set may only make sense with a
     # grid value), checked before anything runs
-    recipes = [load_recipe(recipe, [*(overrides or []), *(f"{key}={json.dumps(value)}" for key, value in point.items())])
+    recipes = [load_recipe(recipe, [*(overrides or []),
+                                    *(f"{key}={json.dumps(value)}" for key, value in point.items())])
                for point in points]
     base = recipes[0]
     output = Path(output or Path("runs") / f"sweep-{base.name}")

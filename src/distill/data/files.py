@@ -32,10 +32,12 @@ def infer_format(path: Path, format: str | None) -> str:
         fmt = str(format).lower().lstrip(".")
         fmt = _FORMAT_ALIASES.get(fmt, fmt)
         if fmt not in SUPPORTED_FORMATS:
-            raise DistillError(f"Unknown data format '{format}' for {path}; supported formats are {', '.join(SUPPORTED_FORMATS)}.")
+            raise DistillError(f"Unknown data format '{format}' for {path}; supported formats are "
+                               f"{', '.join(SUPPORTED_FORMATS)}.")
         if (fmt == "disk") != path.is_dir():
             what = "a folder" if path.is_dir() else "a file"
-            raise DistillError(f"{path} is {what}, which does not fit format '{fmt}'; only 'disk' reads a save_to_disk folder.")
+            raise DistillError(f"{path} is {what}, which does not fit format '{fmt}'; "
+                               "only 'disk' reads a save_to_disk folder.")
         return fmt
     if path.is_dir():
         return "disk"
@@ -45,7 +47,8 @@ def infer_format(path: Path, format: str | None) -> str:
     fmt = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
     if fmt is None:
         raise DistillError(
-            f"Cannot tell the format of {path} from its name; use {_SUPPORTED_TEXT}, or pass format= (one of {', '.join(SUPPORTED_FORMATS)})."
+            f"Cannot tell the format of {path} from its name; use {_SUPPORTED_TEXT}, or pass format= "
+            f"(one of {', '.join(SUPPORTED_FORMATS)})."
         )
     return fmt
 
@@ -99,14 +102,16 @@ def pick_split(splits: dict, path: Path, prefer: tuple[str, ...]):
             return splits[name]
     if len(splits) == 1:
         return next(iter(splits.values()))
-    raise DistillError(f"{path} has splits {', '.join(splits)} but none named '{prefer[0]}'; rename the training split to 'train'.")
+    raise DistillError(f"{path} has splits {', '.join(splits)} but none named '{prefer[0]}'; "
+                       "rename the training split to 'train'.")
 
 
 def _check_columns(ds, needed: list[str], where: str) -> None:
     available = list(ds.column_names)
     for col in needed:
         if col not in available:
-            raise DistillError(f"Column '{col}' is not in {where}; available columns: {', '.join(available) or '(none)'}.")
+            raise DistillError(f"Column '{col}' is not in {where}; "
+                               f"available columns: {', '.join(available) or '(none)'}.")
 
 
 def _numeric(arr, name: str, where: str) -> np.ndarray:
@@ -119,7 +124,8 @@ def _numeric(arr, name: str, where: str) -> np.ndarray:
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if arr.null_count:
-        raise DistillError(f"Feature column '{name}' in {where} has {arr.null_count} missing values; fill or drop them first.")
+        raise DistillError(f"Feature column '{name}' in {where} has {arr.null_count} missing values; "
+                           "fill or drop them first.")
     t = arr.type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
         out = arr.to_numpy(zero_copy_only=False).astype(np.float32)
@@ -131,12 +137,14 @@ def _numeric(arr, name: str, where: str) -> np.ndarray:
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         if n and (lengths != lengths[0]).any():
             raise DistillError(
-                f"Feature column '{name}' in {where} holds lists of different lengths ({lengths.min()} to {lengths.max()}); every row needs the same shape."
+                f"Feature column '{name}' in {where} holds lists of different lengths "
+                f"({lengths.min()} to {lengths.max()}); every row needs the same shape."
             )
         inner = _numeric(arr.flatten(), name, where)
         width = int(lengths[0]) if n else 0
         return inner.reshape((n, width) + inner.shape[1:])
-    raise DistillError(f"Feature column '{name}' in {where} holds {t} values, not numbers; features must be numeric columns or lists of numbers.")
+    raise DistillError(f"Feature column '{name}' in {where} holds {t} values, not numbers; "
+                       "features must be numeric columns or lists of numbers.")
 
 
 def _features(ds, features: str | list[str], where: str) -> np.ndarray:
@@ -149,7 +157,8 @@ def _features(ds, features: str | list[str], where: str) -> np.ndarray:
         col = _numeric(table.column(name), name, where)
         if col.ndim != 1:
             raise DistillError(
-                f"Feature column '{name}' in {where} holds a list per row; pass it on its own as features='{name}' instead of in a list of columns."
+                f"Feature column '{name}' in {where} holds a list per row; pass it on its own as features='{name}' "
+                "instead of in a list of columns."
             )
         cols.append(col)
     return np.stack(cols, axis=1)
@@ -163,7 +172,8 @@ def _raw_labels(ds, label: str, where: str):
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if arr.null_count:
-        raise DistillError(f"Label column '{label}' in {where} has {arr.null_count} missing values; drop those rows first.")
+        raise DistillError(f"Label column '{label}' in {where} has {arr.null_count} missing values; "
+                           "drop those rows first.")
     t = arr.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "str", np.asarray(arr.to_pylist(), dtype=str)
@@ -173,7 +183,8 @@ def _raw_labels(ds, label: str, where: str):
         v = arr.to_numpy(zero_copy_only=False)
         if np.isfinite(v).all() and (v == np.round(v)).all():
             return "int", v.astype(np.int64)
-        raise DistillError(f"Label column '{label}' in {where} holds non-whole numbers; class labels must be integers or strings.")
+        raise DistillError(f"Label column '{label}' in {where} holds non-whole numbers; "
+                           "class labels must be integers or strings.")
     raise DistillError(f"Label column '{label}' in {where} holds {t} values; class labels must be integers or strings.")
 
 
@@ -183,7 +194,8 @@ def _encode_labels(parts: list[tuple], label: str, class_label_names: list[str] 
     kinds = {k for k, _ in raw}
     if len(kinds) > 1:
         wheres = ", ".join(where for _, where in parts)
-        raise DistillError(f"Label column '{label}' holds numbers in some of {wheres} and strings in others; use one kind throughout.")
+        raise DistillError(f"Label column '{label}' holds numbers in some of {wheres} and strings in others; "
+                           "use one kind throughout.")
     values = [v for _, v in raw]
     if class_label_names is not None:  # datasets.ClassLabel: ids already, names known
         return values, len(class_label_names), list(class_label_names)
@@ -293,7 +305,8 @@ def load_files(
     tfmt = infer_format(tpath, format) if tpath is not None else None
     with contextlib.ExitStack() as stack:
         if cache_dir is None:
-            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-datasets-", ignore_cleanup_errors=True))
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-datasets-",
+                                                                    ignore_cleanup_errors=True))
         else:
             cache = str(Path(cache_dir).expanduser())
         arrays, num_classes, class_names = _read_arrays(_named_parts(path, fmt, tpath, tfmt, cache), features,

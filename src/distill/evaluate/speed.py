@@ -18,7 +18,8 @@ from distill.models import forward_logits
 
 
 @torch.no_grad()
-def latency_ms(model: torch.nn.Module, batch: dict[str, Tensor], *, runs: int = 30, warmup: int = 5) -> dict[str, float]:
+def latency_ms(model: torch.nn.Module, batch: dict[str, Tensor], *, runs: int = 30,
+               warmup: int = 5) -> dict[str, float]:
     """Median and p95 wall time of one forward pass on ``batch`` (eval mode), after ``warmup`` untimed passes."""
     was_training = model.training
     model.eval()
@@ -50,17 +51,6 @@ def weight_bytes(model: torch.nn.Module) -> int:
         return 0
 
     return sum(size(value) for value in model.state_dict().values())
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    """Parameters, including the int8 weights that quantized modules keep packed outside ``parameters()``."""
-    count = sum(parameter.numel() for parameter in model.parameters())
-    for module in model.modules():
-        packed = getattr(module, "_packed_params", None)
-        if packed is not None and hasattr(packed, "_weight_bias"):
-            weight, bias = packed._weight_bias()
-            count += weight.numel() + (bias.numel() if bias is not None else 0)
-    return count
 
 
 def size_on_disk(directory: Path) -> int | None:

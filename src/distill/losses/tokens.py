@@ -365,7 +365,8 @@ def chunked_token_kd_topk(
     if teacher_log_tail is not None:
         stored_tail = teacher_log_tail.detach().reshape(-1).to(sh.device)
         if stored_tail.shape[0] != lp.shape[0]:
-            raise ValueError(f"teacher_log_tail has {stored_tail.shape[0]} tokens but the teacher top-k has {lp.shape[0]}")
+            raise ValueError(f"teacher_log_tail has {stored_tail.shape[0]} tokens but the teacher top-k has "
+                             f"{lp.shape[0]}")
 
     index = supervised_index(labels, sh.shape[0], ignore_index, sh.device)
     if index is not None:

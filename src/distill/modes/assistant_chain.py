@@ -53,5 +53,6 @@ def plan(config: Recipe, mode: AssistantChainMode, given: set[str]) -> list[Stag
     stages.append(finish_stage(
         config, lambda context: {**{name: context[name] for name in names[:-1]}, "baseline": context.get("baseline"),
                                  "student": context["student"]},
-        reads=tuple(names), extra=lambda context: {"chain": [[name, count_parameters(context[name])] for name in names]}))
+        reads=tuple(names),
+        extra=lambda context: {"chain": [[name, count_parameters(context[name])] for name in names]}))
     return stages

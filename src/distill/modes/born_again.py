@@ -27,7 +27,8 @@ def _initial(index: int) -> str:
 
 def plan(config: Recipe, mode: BornAgainMode, given: set[str]) -> list[Stage]:
     # generation 0 is the teacher's architecture when the recipe has one, else the student's
-    zero_spec = config.teacher.model if ("teacher" in given or config.teacher.model is not None) else config.student.model
+    zero_spec = (config.teacher.model if ("teacher" in given or config.teacher.model is not None)
+                 else config.student.model)
 
     def prepare(context: RunContext) -> None:
         artifacts = context.artifacts

@@ -50,7 +50,8 @@ def build_mode_teacher(context: RunContext) -> nn.Module:
     if context.get("teacher") is not None:
         teacher = context["teacher"]
     elif context.config.teacher.model is None:
-        raise DistillError(f"mode {context.config.mode.kind!r}: teacher.model is not set and no teacher module was passed")
+        raise DistillError(f"mode {context.config.mode.kind!r}: teacher.model is not set and no teacher module "
+                           "was passed")
     else:
         teacher = build_teacher(context.config, context.data)
     return teacher if context.config.teacher.train is not None else freeze(teacher)
@@ -102,8 +103,9 @@ def distil_stage(config: Any, name: str, *, model: str, teacher: str, seed: int,
                        does=does or f"distil {model} from {teacher}")
 
 
-def finish_stage(config: Any, models: Models, *, reads: tuple[str, ...], extra: Callable[[RunContext], dict] | None = None,
-                 student_stage: str = "student", student_spec: Any = "recipe") -> Stage:
+def finish_stage(config: Any, models: Models, *, reads: tuple[str, ...],
+                 extra: Callable[[RunContext], dict] | None = None, student_stage: str = "student",
+                 student_spec: Any = "recipe") -> Stage:
     """Evaluate every model on the test set (``teacher`` is the reference for agreement and gap recovered) and
     write ``metrics.json``. A final student trained under another stage name is also exported to ``student/``,
     where every run keeps it."""

@@ -48,6 +48,7 @@ def plan(config: Recipe, mode: MultiTeacherMode, given: set[str]) -> list[Stage]
                             does="distil the student from the combined teachers"),
                finish_stage(config, lambda context: {"teacher": context["teacher"],
                                                      **{name: context[name] for name in names},
-                                                     "baseline": context.get("baseline"), "student": context["student"]},
+                                                     "baseline": context.get("baseline"),
+                                                     "student": context["student"]},
                             reads=("teacher", "student"))]
     return stages
