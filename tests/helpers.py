@@ -23,3 +23,16 @@ def mlp(num_features=12, hidden=16, num_classes=4, seed=0):
 
 def flat_parameters(model):
     return torch.cat([parameter.detach().flatten() for parameter in model.parameters()])
+
+
+class NaNAfter(torch.nn.Module):
+    """A teacher whose outputs turn NaN after some calls: only the soft term can break."""
+
+    def __init__(self, model, calls):
+        super().__init__()
+        self.model, self.calls = model, calls
+
+    def forward(self, inputs):
+        self.calls -= 1
+        output = self.model(inputs)
+        return output * float("nan") if self.calls < 0 else output

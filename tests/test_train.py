@@ -16,7 +16,7 @@ from distill.config import ObjectiveConfig, TrainingConfig
 from distill.errors import DistillError
 from distill.objective import Objective
 from distill.trainer import NonFiniteLoss, fit
-from helpers import blobs, flat_parameters, mlp
+from helpers import NaNAfter, blobs, flat_parameters, mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 KD = Objective(ObjectiveConfig(alpha=0.5, temperature=2.0))
@@ -50,19 +50,6 @@ def test_teacher_stays_frozen_and_every_term_is_logged(tmp_path):
     assert {"loss", "loss/soft", "loss/hard", "lr"} <= set(lines[0])
     first = lines[0]
     assert first["loss"] == pytest.approx(0.5 * first["loss/soft"] + 0.5 * first["loss/hard"], rel=1e-4)
-
-
-class NaNAfter(torch.nn.Module):
-    """A teacher whose outputs turn NaN after some calls: only the soft term can break."""
-
-    def __init__(self, model, calls):
-        super().__init__()
-        self.model, self.calls = model, calls
-
-    def forward(self, inputs):
-        self.calls -= 1
-        output = self.model(inputs)
-        return output * float("nan") if self.calls < 0 else output
 
 
 def test_nan_loss_stops_names_term_and_keeps_last_good_checkpoint(tmp_path):

@@ -20,7 +20,7 @@ from distill.losses.features import hint_loss
 from distill.objective import Objective
 from distill.step_end import RunLog, StageCheckpoints, StepEnd
 from distill.trainer import NonFiniteLoss, finish_stage, fit, lr_multiplier, start_stage, with_token_counts
-from helpers import blobs, flat_parameters, mlp
+from helpers import NaNAfter, blobs, flat_parameters, mlp
 
 KD = Objective(ObjectiveConfig(alpha=0.5, temperature=2.0))
 PLAIN = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "constant", "device": "cpu",
@@ -126,17 +126,6 @@ def test_logged_epoch_is_step_over_steps_per_epoch_and_validation_defaults_to_ea
 def test_an_epoch_drops_its_incomplete_last_batch(tmp_path):
     _fit(tmp_path, dataset=blobs(20), batch_size=8, epochs=1, log_every=1)  # 20 examples: 2 full batches
     assert [line["step"] for line in _log(tmp_path)] == [1, 2]
-
-
-class NaNAfter(torch.nn.Module):
-    def __init__(self, model, calls):
-        super().__init__()
-        self.model, self.calls = model, calls
-
-    def forward(self, inputs):
-        self.calls -= 1
-        output = self.model(inputs)
-        return output * float("nan") if self.calls < 0 else output
 
 
 def test_non_finite_loss_names_the_newest_of_several_checkpoints(tmp_path):
