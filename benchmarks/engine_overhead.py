@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import importlib
+import importlib.util
 import io
 import json
 import platform
@@ -231,13 +232,16 @@ def main() -> None:
     # fit's progress bar is kept (as the CLI shows it) but drawn to an in-memory console, so it does not mix
     # with this script's output; the rich Live refresh thread still runs as it does in a terminal.
     from rich.console import Console
-    original_progress = train_module.Progress
+    # the bar is drawn by the step's follow-up (distill.step_end) since the trainer's split; older trees: the trainer
+    bar_module = importlib.import_module("distill.step_end") if importlib.util.find_spec("distill.step_end") \
+        else train_module
+    original_progress = bar_module.Progress
 
     def progress_to_memory(*columns, **kwargs):
         kwargs.setdefault("console", Console(file=io.StringIO(), force_terminal=True, width=120))
         return original_progress(*columns, **kwargs)
 
-    train_module.Progress = progress_to_memory
+    bar_module.Progress = progress_to_memory
 
     print(f"torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; rounds={args.rounds}, S={args.steps}", flush=True)
