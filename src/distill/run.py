@@ -103,13 +103,16 @@ def _prepare(context: RunContext) -> None:
     if "teacher" not in artifacts and _has_teacher_model(config, set()):
         artifacts["teacher"] = build_teacher(config, data)
     teacher = artifacts.get("teacher")
-    check_outputs({"teacher": teacher}, data)
+    if "student" not in artifacts and config.student.model is not None:  # a derived student waits for the teacher
+        artifacts["student"] = build_student(config, data, None)
+    # one probe pass over the models that exist, before any of them trains
+    check_outputs({"teacher": teacher, "student": artifacts.get("student")}, data)
     if language_model:
-        from distill.causal_lm import check_context, check_tokenizers, spec_context
+        from distill.causal_lm import check_context, check_tokenizers
 
         check_context(teacher, "teacher", config.data.max_length)
-        if "student" not in artifacts and config.student.model is not None:  # before a teacher trains for it
-            check_context(None, "student", config.data.max_length, spec_context(config.student.model))
+        if artifacts.get("student") is not None:  # before a teacher trains for it
+            check_context(artifacts["student"], "student", config.data.max_length)
         if data.tokenizer is not None and config.teacher.model is not None:
             check_tokenizers(config, data.tokenizer)  # before a teacher is trained here, not after
     if config.teacher.cache is not None:
@@ -117,9 +120,6 @@ def _prepare(context: RunContext) -> None:
         from distill.cache.use import cached_teacher_for_run
 
         artifacts["teacher-cache"], artifacts["student-data"] = cached_teacher_for_run(config, data, teacher)
-    if "student" not in artifacts and config.student.model is not None:
-        artifacts["student"] = build_student(config, data, None)
-        check_outputs({"teacher": teacher, "student": artifacts["student"]}, data)
 
 
 def _pair(context: RunContext) -> None:
@@ -128,8 +128,8 @@ def _pair(context: RunContext) -> None:
     teacher = artifacts.get("teacher")
     if "student" not in artifacts:
         artifacts["student"] = build_student(config, data, teacher)
+        check_outputs({"teacher": teacher, "student": artifacts["student"]}, data)  # the others: in prepare
     student = artifacts["student"]
-    check_outputs({"teacher": teacher, "student": student}, data)
     objective_config = config.objective
     if config.data.is_language_modeling:
         from distill.causal_lm import check_context, check_pair, with_vocab_size
