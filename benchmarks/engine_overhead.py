@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -98,20 +98,18 @@ def run_ours(dataset: ArrayDataset, teacher: torch.nn.Module, steps: int) -> tup
     return elapsed, stamps[1:]  # stamps[0]: LambdaLR's initial call at construction (setup)
 
 
-def run_hand(dataset: ArrayDataset, teacher: torch.nn.Module | None, steps: int) -> tuple[float, list[float]]:
-    """A minimal loop of ``steps`` steps, KD against ``teacher`` or plain CE when it is None:
-    (seconds for the whole call, one timestamp per step, taken after zero_grad as ``fit``'s is after its step)."""
+def hand_steps(dataset: ArrayDataset, teacher: torch.nn.Module | None) -> Iterator[None]:
+    """A minimal loop, KD against ``teacher`` or plain CE when it is None, one optimizer step per ``next()``
+    (it yields after ``zero_grad``, where ``fit``'s timestamp falls after its step)."""
     student = make_student()
     torch.manual_seed(SEED)
-    stamps: list[float] = []
-    started = time.perf_counter()
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
     optimizer = make_sgd(student)
     student.train()
     if teacher is not None:
         teacher.eval()
     step = 0
-    while step < steps:
+    while True:
         for batch in loader:
             inputs, labels = batch["inputs"], batch["labels"]
             logits = student(inputs)
@@ -125,13 +123,76 @@ def run_hand(dataset: ArrayDataset, teacher: torch.nn.Module | None, steps: int)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            stamps.append(time.perf_counter())
             step += 1
             if step % LOG_EVERY == 0:
                 loss.item()
-            if step >= steps:
-                break
+            yield
+
+
+def run_hand(dataset: ArrayDataset, teacher: torch.nn.Module | None, steps: int) -> tuple[float, list[float]]:
+    """``steps`` steps of ``hand_steps``: (seconds for the whole call, one timestamp per step)."""
+    started, stamps = time.perf_counter(), []
+    loop = hand_steps(dataset, teacher)
+    for _ in range(steps):
+        next(loop)
+        stamps.append(time.perf_counter())
     return time.perf_counter() - started, stamps
+
+
+def interleaved_ms(dataset: ArrayDataset, teacher: torch.nn.Module, steps: int, block: int,
+                   first: str) -> dict[str, float]:
+    """Per-step ms of the three loops run side by side in one process: one ``fit`` call of WARMUP + ``steps``
+    steps, and after every ``block`` of its steps (from inside its scheduler step), ``block`` steps of the hand KD
+    loop and of the CE loop, in an order that alternates block by block. Each loop is timed over its own
+    segments only, so all three meet the same machine state within a fraction of a second of each other; setup,
+    the warm-up steps and the final checkpoint are left out. ``fit``'s own bar thread keeps running during the
+    hand segments (its ~2 redraws a second are charged to whichever loop runs, <0.5% of a step)."""
+    hand, ce = hand_steps(dataset, teacher), hand_steps(dataset, None)
+    for _ in range(WARMUP):
+        next(hand), next(ce)
+    spent = {"ours": 0.0, "hand": 0.0, "ce": 0.0}
+    state = {"calls": 0, "resumed": None, "flip": first == "hand"}
+
+    def after_ours_step() -> None:
+        state["calls"] += 1
+        done = state["calls"] - 1  # ours steps finished; the first call is LambdaLR's at construction
+        if done < WARMUP or (done - WARMUP) % block:
+            return
+        if done > WARMUP:
+            spent["ours"] += time.perf_counter() - state["resumed"]
+        if done < WARMUP + steps:
+            order = (("hand", hand), ("ce", ce)) if state["flip"] else (("ce", ce), ("hand", hand))
+            state["flip"] = not state["flip"]
+            for name, loop in order:
+                started = time.perf_counter()
+                for _ in range(block):
+                    next(loop)
+                spent[name] += time.perf_counter() - started
+        state["resumed"] = time.perf_counter()
+
+    original = train_module.lr_multiplier
+
+    def hooked_multiplier(*args, **kwargs):
+        multiplier = original(*args, **kwargs)
+
+        def timed(step: int) -> float:
+            after_ours_step()
+            return multiplier(step)
+        return timed
+
+    student = make_student()
+    training = TrainingConfig(max_steps=WARMUP + steps, batch_size=BATCH, optimizer="sgd", lr=LR,
+                              momentum=MOMENTUM, nesterov=True, schedule="constant", mixed_precision="no",
+                              device="cpu", log_every=LOG_EVERY, checkpoint_every=10 * steps)
+    objective = Objective(ObjectiveConfig(alpha=ALPHA, temperature=TEMPERATURE))
+    train_module.lr_multiplier = hooked_multiplier
+    try:
+        with tempfile.TemporaryDirectory(prefix="engine_overhead_") as run_dir:
+            train_module.fit(student, dataset, objective=objective, training=training, stage="student",
+                             run_dir=Path(run_dir), seed=SEED, teacher=teacher, show_progress=True)
+    finally:
+        train_module.lr_multiplier = original
+    return {name: seconds / steps * 1000 for name, seconds in spent.items()}
 
 
 def per_step_ms(run: Callable[[int], tuple[float, list[float]]], steps: int, method: str) -> float:
@@ -211,11 +272,14 @@ def print_table(rows: list[tuple[str, dict[str, float], str]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
-    parser.add_argument("--steps", type=int, default=100, help="S: each loop runs S and 2S steps (default 100)")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="S: steps timed per loop and round (difference: runs of S and 2S steps; default 100)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    parser.add_argument("--method", choices=["window", "difference"], default="window",
-                        help="window (default): time S steps after 10 warm-up steps inside one run; difference: "
-                             "(t_2S - t_S) / S over whole runs")
+    parser.add_argument("--method", choices=["interleave", "window", "difference"], default="interleave",
+                        help="interleave (default): the three loops side by side in one process, alternating every "
+                             "--block steps; window: each loop in turn, S steps after 10 warm-up steps inside one "
+                             "run; difference: (t_2S - t_S) / S over whole runs")
+    parser.add_argument("--block", type=int, default=5, help="steps per turn with --method interleave (default 5)")
     parser.add_argument("--max-foreign-load", type=float, default=0.05,
                         help="retry a round when other processes used more than this share of the CPUs (Linux)")
     parser.add_argument("--max-retries", type=int, default=50, help="discarded rounds allowed in all (default 50)")
@@ -267,7 +331,10 @@ def main() -> None:
         order = names[index % len(names):] + names[:index % len(names)]
         wait_for_quiet(args.max_foreign_load)
         with ForeignLoad() as load:
-            round_ms = {name: per_step_ms(loops[name], args.steps, args.method) for name in order}
+            if args.method == "interleave":
+                round_ms = interleaved_ms(dataset, teacher, args.steps, args.block, first=order[0])
+            else:
+                round_ms = {name: per_step_ms(loops[name], args.steps, args.method) for name in order}
         share = load.share
         line = ("  ".join(f"{name} {round_ms[name]:.2f} ms/step" for name in names)
                 + f"  ours/hand {round_ms['ours'] / round_ms['hand']:.3f}"
@@ -309,6 +376,7 @@ def main() -> None:
         "kd_over_ce_ratio_mean": round(kd_stats["mean"], 4), "kd_over_ce_ratio_std": round(kd_stats["std"], 4),
         "per_round_ms": {name: [round(value, 3) for value in values] for name, values in results.items()},
         "method": args.method,
+        **({"block_steps": args.block} if args.method == "interleave" else {}),
         "rounds_discarded_for_load": retried,
         "other_load_per_round": loads,
         "rounds": args.rounds,

@@ -1,6 +1,7 @@
 """Evaluation metrics against hand-computed values, cost measures, and side-by-side evaluation's bad inputs."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -188,3 +189,69 @@ def test_a_student_below_its_baseline_is_said_with_the_shortfall(tmp_path, capsy
     assert baseline_warning({**below, "student": {"accuracy": 0.705}}, tolerance=0.001) is not None
     print_summary({**below, "gap_recovered": -0.39}, tmp_path)
     assert "8.1 points below" in " ".join(capsys.readouterr().out.split())
+
+
+class _Sleepy(torch.nn.Module):
+    """A model whose forward takes a set time, and that can be told to slow down from some call on (a load that
+    starts half-way through the timing)."""
+
+    def __init__(self, seconds, slow_from=None, slow_by=0.0, clock=None):
+        super().__init__()
+        self.seconds, self.slow_from, self.slow_by = seconds, slow_from, slow_by
+        self.clock = clock if clock is not None else [0]
+        self.head = torch.nn.Linear(12, 4)
+
+    def forward(self, inputs):
+        self.clock[0] += 1
+        slow = self.slow_from is not None and self.clock[0] >= self.slow_from
+        time.sleep(self.seconds + (self.slow_by if slow else 0.0))
+        return self.head(inputs)
+
+
+def test_interleaved_timing_keeps_the_ratio_when_the_load_changes_half_way():
+    from distill.evaluate.speed import interleaved_latency_ms
+
+    clock = [0]  # shared: the 'machine' slows every model down from the 40th forward on, whichever runs then
+    models = {"teacher": _Sleepy(0.004, slow_from=40, slow_by=0.012, clock=clock),
+              "student": _Sleepy(0.002, slow_from=40, slow_by=0.012, clock=clock)}
+    figures, spread = interleaved_latency_ms(models, {"inputs": torch.randn(2, 12)}, runs=30, warmup=2)
+    # both saw the slow half equally: the teacher stays the slower one, and the change shows as a spread
+    assert figures["teacher"]["median"] > figures["student"]["median"]
+    assert spread > 0.2 and figures["student"]["runs"] == 30 and figures["teacher"]["batch_size"] == 2
+    steady, calm = interleaved_latency_ms({"teacher": _Sleepy(0.004), "student": _Sleepy(0.002)},
+                                          {"inputs": torch.randn(2, 12)}, runs=20, warmup=1)
+    assert 1.4 < steady["teacher"]["median"] / steady["student"]["median"] < 2.6 and calm < 0.2
+
+
+def test_the_speed_line_says_slower_and_warns_about_noise():
+    from distill.evaluate.speed import noise_warning, speed_phrase, speed_summary
+
+    assert speed_phrase(1.94) == "1.9x faster" and speed_phrase(0.5) == "2.0x slower"
+    lines = speed_summary({"speedup": 0.5, "compression": 1.9, "threads": 2, "latency_spread": 0.35})
+    assert lines[0] == "student is 1.9x smaller and 2.0x slower than the teacher (2 threads)"
+    assert "timings varied by 35% between rounds" in lines[1]
+    assert noise_warning(0.1) is None and speed_summary({"latency_spread": 0.05}) == []
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_the_end_of_run_table_fits_the_terminal_without_cutting_cells(width):
+    import io
+
+    from rich.console import Console
+
+    from distill.evaluate.report import summary_table
+
+    row = {"errors": 284, "accuracy": 0.2111, "agreement": 0.2389, "gap_recovered": -0.1627,
+           "inherited_share": 0.3659, "size_bytes": 38_707, "latency_b1_ms": 0.2115}
+    metrics = {"recipe": "digits-quick", "test_size": 360, "seed": 0, "threads": 2,
+               "models": ["teacher", "student_pruned_int8"], "teacher": {**row, "agreement": None},
+               "student_pruned_int8": row}
+    console = Console(width=width, file=io.StringIO())
+    console.print(summary_table(metrics, width=width))
+    lines = console.file.getvalue().splitlines()
+    assert all(len(line) <= width for line in lines) and not any("…" in line for line in lines)
+    assert "student_pruned_int8" in console.file.getvalue() and "284" in console.file.getvalue()
+    shown = {"60": 3, "80": 6, "120": 7}[str(width)]
+    assert sum(header in lines[2] for header in ("errors", "accuracy", "agrees", "gap rec.", "inherits", "size",
+                                                  "ms@b1")) == shown
+    assert ("more column" in lines[-1]) == (shown < 7)

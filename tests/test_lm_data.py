@@ -119,3 +119,40 @@ def test_kjv_text_holds_out_whole_books():
     test_text = tok.decode(splits.test.windows[0].tolist())
     assert "Naomi" in tok.decode(splits.test.windows[:20].flatten().tolist())  # Ruth opens the test books
     assert test_text and "In the beginning God created" not in test_text
+
+
+def _bos_tokenizer():
+    """The test tokenizer made to add BOS and EOS around every text, as Llama- and Gemma-style tokenizers do."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = tokenizer()
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A <|endoftext|>", special_tokens=[("<|endoftext|>", tok.eos_token_id)])
+    return tok
+
+
+def test_blocks_start_with_bos_where_the_tokenizer_adds_one_and_score_as_the_usual_tokenisation():
+    import torch
+    import torch.nn.functional as F
+
+    from distill.data.lm import block_prefix
+    from lm_helpers import tiny_llama
+
+    plain, with_bos = tokenizer(), _bos_tokenizer()
+    assert block_prefix(plain) == [] and block_prefix(with_bos) == [with_bos.eos_token_id]
+    text = "In the beginning God created the heaven and the earth."
+    usual = with_bos(text, add_special_tokens=True)["input_ids"]  # [BOS] + text + [EOS]
+    blocks = pack_texts([text], with_bos, block_size=len(usual) - 1)  # one block: the whole document
+    assert len(blocks) == 1 and blocks[0]["input_ids"].tolist() == usual[:-1]
+    model = tiny_llama(seed=3).eval()
+    with torch.no_grad():
+        block = blocks[0]
+        ours = F.cross_entropy(model(input_ids=block["input_ids"][None]).logits[0], block["labels"])
+        reference = model(input_ids=torch.tensor([usual]), labels=torch.tensor([usual])).loss
+    assert torch.allclose(ours, reference, atol=1e-6)
+    # every block of a longer stream starts with BOS, then block_size - 1 tokens of the stream
+    many = pack_texts([text, text, text], with_bos, block_size=8)
+    stream = [token for _ in range(3) for token in with_bos(text, add_special_tokens=False)["input_ids"]
+              + [with_bos.eos_token_id]]
+    assert all(many.windows[index, 0] == with_bos.eos_token_id for index in range(len(many)))
+    assert many.windows[1, 1:].tolist() == stream[7:15] and len(many) == (len(stream) - 1) // 7

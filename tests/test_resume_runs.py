@@ -1,7 +1,9 @@
 """Resume after SIGKILL, for every kind of stage the same way: a plain run, a regime (born-again) and compress
 (the pruning fine-tune). The student has dropout, so the global RNG is drawn from every step: a resumed run
 equals an uninterrupted one only if the RNG state, the per-epoch data order and the log truncated at the
-checkpoint step are all restored exactly."""
+checkpoint step are all restored exactly. Two more cases draw random numbers besides dropout: a run with shift
+augmentation killed mid-epoch (its own per-batch generator), and the adversarial data-free regime (the
+generator's noise, every step)."""
 
 import json
 import os
@@ -22,6 +24,12 @@ CASES = {
     "born-again": (COMMON + ["training.max_steps=120", "training.checkpoint_every=40", "training.log_every=1",
                              "baseline=false", "mode={kind: born_again, generations: 2}"], "generation-1",
                    ["generation-0", "generation-1", "generation-2", "student"]),
+    # an epoch is at most 39 steps (1,257 training images, batch 32): the second checkpoint, step 80, is mid-epoch
+    "augment": (COMMON + ["training.max_steps=120", "training.checkpoint_every=40", "training.log_every=1",
+                          "baseline=false", "training.augment.shift=1"], "student", ["teacher", "student"]),
+    "adversarial": (COMMON + ["training.checkpoint_every=20", "training.log_every=1", "baseline=false",
+                              "mode={kind: data_free, method: adversarial, iterations: 60, student_steps: 2, "
+                              "batch_size: 32}"], "student", ["teacher", "student"]),
     "compress": (COMMON + ["training.epochs=1", "baseline=false", "training.log_every=1",
                            "compress={prune: 0.5, finetune_steps: 100}"], "student_pruned",
                  ["student", "student_pruned"]),

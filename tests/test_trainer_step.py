@@ -131,3 +131,19 @@ def test_a_replaced_batch_source_makes_each_window_before_its_first_backward(tmp
         counts = events[index][1]
         assert events[index + 1][1] == events[index + 2][1] == sum(counts) / 2  # the window's tokens / grad_accum
     assert any(counts[0] != counts[1] for kind, counts in events if kind == "made")  # a per-batch mean would differ
+
+
+def test_resume_drops_a_log_line_cut_off_by_a_crash(tmp_path):
+    import json
+
+    from distill.errors import DistillError
+    from distill.step_end import RunLog
+
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps({"stage": "s", "step": 1}) + "\n" + json.dumps({"stage": "s", "step": 2}) + "\n"
+                    + '{"stage": "s", "st')
+    RunLog(path, enabled=True).truncate_after("s", 1)
+    assert path.read_text() == json.dumps({"stage": "s", "step": 1}) + "\n"
+    path.write_text('{"stage": "s", "st\n' + json.dumps({"stage": "s", "step": 2}) + "\n")
+    with pytest.raises(DistillError, match="line 1, is not JSON"):
+        RunLog(path, enabled=True).truncate_after("s", 1)

@@ -26,10 +26,24 @@ def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# Progress bars of the libraries underneath ("Writing model shards", "Converting and de-quantizing GGUF
+# tensors", dataset maps) would interleave with distill's own; all of them read these at import time.
+QUIET_LIBRARY_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                      "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def quiet_library_bars() -> None:
+    """Silence third-party progress bars for this process, unless the user set the variables themselves; called
+    before any of those libraries is imported (the CLI imports them lazily, per command)."""
+    for name, value in QUIET_LIBRARY_BARS.items():
+        os.environ.setdefault(name, value)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="distill")
 def main() -> None:
     """distill: knowledge distillation from one YAML recipe."""
+    quiet_library_bars()
 
 
 @main.command()
@@ -110,15 +124,26 @@ def check(recipe: str, overrides: tuple[str, ...], explain: bool, show_plan: boo
 @click.option("--quiet", is_flag=True, help="no progress bar or table")
 @_friendly
 def eval_command(run_dir: str, output: str | None, quiet: bool) -> None:
-    """Re-evaluate RUN_DIR from the models it holds (a finished or an interrupted run)."""
+    """Re-evaluate RUN_DIR from the models it holds (a finished or an interrupted run). A model that metrics.json
+    holds but that cannot be evaluated now leaves metrics.json as it is: the results go beside it
+    (metrics.eval-<time>.json) and the command exits with status 2, naming what could not be evaluated."""
     from pathlib import Path
 
     from distill.evaluate.report import print_summary
-    from distill.evaluate.rundir import evaluate_run_dir
+    from distill.evaluate.rundir import IncompleteEvaluation, evaluate_run_dir
 
-    metrics = evaluate_run_dir(run_dir, output=output, show_progress=not quiet)
+    try:
+        metrics = evaluate_run_dir(run_dir, output=output, show_progress=not quiet)
+    except IncompleteEvaluation as incomplete:
+        # no table: it would point at metrics.json, which was kept; the error names the file holding these results
+        _print_status(incomplete.metrics)
+        raise  # exit status 2 with the message: a script must notice that metrics.json was not updated
     if not quiet:
         print_summary(metrics, Path(run_dir))
+    _print_status(metrics)
+
+
+def _print_status(metrics: dict[str, Any]) -> None:
     for name, reason in metrics["status"].items():
         if reason != "exported":
             click.secho(f"{name}: {reason}", fg="yellow")

@@ -18,9 +18,10 @@ from torch.nn.utils import prune
 
 from distill.config import CNNSpec, MLPSpec, Recipe
 from distill.errors import DistillError
-from distill.models import export_model, is_hf_model
+from distill.models import is_hf_model
 from distill.objective import Objective
 from distill.quantized import QUANTIZATION, export_quantized, quantize_int8
+from distill.training_stage import export_trained
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -67,7 +68,8 @@ def _quantize_stage(name: str, source: str, config: Recipe) -> Any:
         quantized = quantize_int8(context[source])
         data = context.data
         on_main(lambda: export_quantized(quantized, config.student.model, context.run_dir / name,
-                                         input_shape=data.input_shape, num_classes=data.num_classes))
+                                         input_shape=data.input_shape, num_classes=data.num_classes,
+                                         class_names=data.class_names))
         facts = context.artifacts.get("variants", {}).get(source, {}) if source != "student" else {}
         _add_variant(context, name, quantized, {"quantization": QUANTIZATION,
                                                 # export_quantized writes built-in nets only
@@ -79,7 +81,7 @@ def _quantize_stage(name: str, source: str, config: Recipe) -> Any:
 
 def _prune_stage(config: Recipe, has_teacher: bool) -> Any:
     """Magnitude pruning of the student, then a short fine-tune with the run's objective (resumable)."""
-    from distill.stages import Stage, on_main
+    from distill.stages import Stage
     from distill.trainer import fit
 
     settings = config.compress
@@ -103,9 +105,7 @@ def _prune_stage(config: Recipe, has_teacher: bool) -> Any:
             pruned = result.model
             info.update({"steps": result.steps, "wall_seconds": round(result.wall_seconds, 3)})
         make_pruning_permanent(pruned)
-        data = context.data
-        on_main(lambda: export_model(pruned, spec, context.run_dir / name, input_shape=data.input_shape,
-                                     num_classes=data.num_classes))
+        export_trained(pruned, spec, context, name, context.data)
         info["sparsity"] = round(weight_sparsity(pruned), 6)
         _add_variant(context, name, pruned.eval(), info)
         return info

@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from distill.checkpoint import writing
 from distill.config import CNNSpec, HFConfigSpec, HFSpec, MLPSpec, SavedSpec
 from distill.errors import DistillError
-from distill.model_sources import resolve_hf_path
+from distill.model_sources import (
+    check_hf_weights,
+    check_model_folder,
+    check_safetensors_file,
+    resolve_hf_path,
+)
 from distill.nets import CONFIG_FILE, WEIGHTS_FILE, build_builtin
 
 # A teacher built here starts from seed + this offset, so it never shares initial weights with a student of the
@@ -65,6 +72,8 @@ def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
     local = Path(name_or_path)
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise DistillError(f"model folder {name_or_path!r} does not exist")
+    if local.exists():  # a local folder: its files are checked here, not by the library's tracebacks
+        _check_hf_config(local, check_model_folder(local, "Hugging Face"))
     if spec.task == "causal-lm" and local.is_dir():
         from transformers import AutoConfig
 
@@ -73,10 +82,19 @@ def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
         # Before loading: a model that cannot fit is refused from its config's parameter count alone.
         check_fits_in_memory(AutoConfig.from_pretrained(name_or_path, trust_remote_code=spec.trust_remote_code),
                              spec.dtype, f"model {spec.name_or_path!r}")
+    if local.is_dir():
+        check_hf_weights(local)
     try:
         return auto_class.from_pretrained(name_or_path, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
         raise DistillError(f"cannot load Hugging Face model {spec.name_or_path!r}: {error}".split("\n")[0]) from None
+
+
+def _check_hf_config(folder: Path, config: dict[str, Any]) -> None:
+    if not isinstance(config.get("model_type"), str):
+        raise DistillError(f"{folder / CONFIG_FILE} has no model_type, so it is not a Hugging Face model config"
+                           + (" (it is a distill-exported model: use kind: saved)" if "distill_model" in config
+                              else "") + "; point name_or_path at a folder written by save_pretrained")
 
 
 def is_hf_model(model: nn.Module) -> bool:
@@ -91,56 +109,73 @@ def export_model(model: nn.Module, spec: Any, directory: str | Path, *, input_sh
     spec. Other modules: safetensors plus the class name, to be rebuilt by the user's code (we never import
     code named in a file)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with writing(directory):  # a full disk or a refused folder: one sentence naming the file, not a traceback
+        directory.mkdir(parents=True, exist_ok=True)
     if is_hf_model(model):
-        model.save_pretrained(directory, safe_serialization=True)
+        with writing(directory / WEIGHTS_FILE):
+            model.save_pretrained(directory, safe_serialization=True)
         return directory
-    save_model(model, str(directory / WEIGHTS_FILE))
+    with writing(directory / WEIGHTS_FILE):
+        save_model(model, str(directory / WEIGHTS_FILE))
     config: dict[str, Any] = {"input_shape": list(input_shape) if input_shape else None, "num_classes": num_classes}
     if isinstance(spec, (MLPSpec, CNNSpec)):
         config["distill_model"] = spec.model_dump(mode="json")
     else:
         config["python_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
     config.update(extra or {})
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    with writing(directory / CONFIG_FILE):
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return directory
 
 
 def load_saved(path: str | Path) -> nn.Module:
     """Load a model exported by ``export_model`` (built-in or HF)."""
     directory = Path(path)
-    config_file = directory / CONFIG_FILE
-    if not config_file.is_file():
-        raise DistillError(f"{directory} holds no exported model ({CONFIG_FILE} missing)")
-    config = json.loads(config_file.read_text())
+    config = check_model_folder(directory, "saved")
     if config.get("quantization"):  # an int8 variant written by distill.compress
         from distill.quantized import load_quantized
 
-        return load_quantized(directory)
+        check_safetensors_file(directory / WEIGHTS_FILE)
+        try:
+            return load_quantized(directory)
+        except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as error:
+            raise DistillError(f"{directory} holds an int8 model that cannot be rebuilt from {CONFIG_FILE} and "
+                               f"{WEIGHTS_FILE}: {error!r}".split("\n")[0]) from None
     if "distill_model" not in config:
         if "python_class" in config:
             raise DistillError(f"{directory} holds weights of the Python class {config['python_class']}; build that "
                                f"module yourself and load {WEIGHTS_FILE} into it with safetensors.torch.load_model")
-        from transformers import AutoConfig
-
-        architectures = AutoConfig.from_pretrained(directory).architectures or [""]
+        _check_hf_config(directory, config)
+        architectures = config.get("architectures") or [""]
         suffixes = {"ForCausalLM": "causal-lm", "ForMaskedLM": "masked-lm",
                     "ForSequenceClassification": "sequence-classification"}
-        task = next((task for suffix, task in suffixes.items() if architectures[0].endswith(suffix)), "base")
+        task = next((task for suffix, task in suffixes.items() if str(architectures[0]).endswith(suffix)), "base")
         return load_hf_model(HFSpec(name_or_path=str(directory), task=task))
-    spec_data = config["distill_model"]
-    spec = MLPSpec(**spec_data) if spec_data["kind"] == "mlp" else CNNSpec(**spec_data)
-    model = build_model(spec, input_shape=tuple(config["input_shape"]), num_classes=config["num_classes"])
+    model = build_model(_saved_spec(directory, config), input_shape=tuple(config["input_shape"]),
+                        num_classes=config["num_classes"])
     load_weights(model, directory / WEIGHTS_FILE)
     return model
+
+
+def _saved_spec(directory: Path, config: dict[str, Any]) -> MLPSpec | CNNSpec:
+    """The built-in model spec an exported ``config.json`` holds, or a DistillError naming the field."""
+    spec_data = config["distill_model"]
+    try:
+        if not isinstance(spec_data, dict) or spec_data.get("kind") not in ("mlp", "cnn"):
+            raise ValueError("distill_model.kind must be mlp or cnn")
+        if not isinstance(config.get("input_shape"), list) or not isinstance(config.get("num_classes"), int):
+            raise ValueError("input_shape (a list) and num_classes (a number) must be set")
+        return MLPSpec(**spec_data) if spec_data["kind"] == "mlp" else CNNSpec(**spec_data)
+    except (TypeError, ValueError) as error:
+        raise DistillError(f"{directory / CONFIG_FILE} does not describe a model distill can rebuild: "
+                           f"{error}".split("\n")[0] + "; re-export the model") from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
-    if not path.is_file():
-        raise DistillError(f"weights file {path} not found")
+    check_safetensors_file(path)
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as error:  # safetensors raises several types for shape/format problems

@@ -50,7 +50,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def export_quantized(model: nn.Module, spec: Any, directory: Path, *, input_shape: tuple[int, ...] | None,
-                     num_classes: int | None) -> Path | None:
+                     num_classes: int | None, class_names: list[str] | None = None) -> Path | None:
     """Write an int8 model as safetensors (int8 weights with their scales and zero points, float tensors as
     they are) plus the float spec, so ``load_quantized`` rebuilds it. Only built-in nets have a spec to rebuild
     from; other models are evaluated in memory and not exported (returns None)."""
@@ -73,7 +73,8 @@ def export_quantized(model: nn.Module, spec: Any, directory: Path, *, input_shap
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / WEIGHTS_FILE))
     config = {"distill_model": spec.model_dump(mode="json"), "input_shape": list(input_shape) if input_shape else None,
-              "num_classes": num_classes, "quantization": QUANTIZATION}
+              "num_classes": num_classes, "quantization": QUANTIZATION,
+              **({"class_names": list(class_names)} if class_names else {})}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return directory
 

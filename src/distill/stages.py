@@ -18,6 +18,7 @@ Adding a capability means writing a function ``run(context) -> facts`` and putti
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -25,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.checkpoint import write_json_atomic
+from distill.checkpoint import DISK_FULL, WriteFailed, write_failed, write_json_atomic, writing
 from distill.errors import DistillError
 
 DONE_FILE = "stage_done.json"
 RECIPE_FILE = "recipe.yaml"
+LOG_FILE = "log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,21 @@ def save_recipe(config: Any, run_dir: Path) -> None:
         saved = run_dir / RECIPE_FILE
         if not saved.is_file():
             temporary = saved.with_suffix(".partial")
-            temporary.write_text(config.to_yaml())
-            os.replace(temporary, saved)
+            try:
+                with writing(saved):
+                    temporary.write_text(config.to_yaml())
+                    os.replace(temporary, saved)
+            except WriteFailed:
+                temporary.unlink(missing_ok=True)
+                raise
     on_main(write)
+
+
+def is_run_dir(folder: Path) -> bool:
+    """A folder a distill run wrote: its recipe plus a log or a finished stage (a recipe file alone may be the
+    user's own). Other commands never write into one."""
+    folder = Path(folder)
+    return (folder / RECIPE_FILE).is_file() and ((folder / LOG_FILE).is_file() or any(folder.glob(f"*/{DONE_FILE}")))
 
 
 # ------------------------------------------------------------------------------------------ plans
@@ -167,19 +181,45 @@ def run_stages(stages: list[Stage], context: RunContext) -> RunContext:
     ensure_process_group()
     recipe_saved = False
     for stage in stages:
-        if stage.restore is not None and not recipe_saved:
-            save_recipe(context.config, context.run_dir)
-            recipe_saved = True
-        done = stage_done(context.run_dir, stage.name) if context.resume and stage.restore is not None else None
-        if done is not None:
-            stage.restore(context, done)  # type: ignore[misc]
-            context.stages[stage.name] = done
-        else:
-            facts = stage.run(context) or {}
-            if stage.restore is not None:
-                mark_stage_done(context.run_dir, stage.name, facts)
-                context.stages[stage.name] = facts
+        try:
+            if stage.restore is not None and not recipe_saved:
+                save_recipe(context.config, context.run_dir)
+                recipe_saved = True
+            _run_or_restore(stage, context)
+        except WriteFailed as error:
+            raise DistillError(f"{error} {_after_write_fault(context, stage, recipe_saved, error.disk_full)}") from None
+        except OSError as error:
+            if error.errno not in (*DISK_FULL, errno.EROFS):
+                raise
+            # a write no layer below named (a log line, a library's own file): named as the system gives it
+            fault = write_failed(error, error.filename or context.run_dir)
+            raise DistillError(f"{fault} {_after_write_fault(context, stage, recipe_saved, fault.disk_full)}") from None
         missing = [name for name in stage.writes if name not in context.artifacts]
         if missing:
             raise DistillError(f"stage {stage.name!r} did not produce {', '.join(missing)}, which it declares")
     return context
+
+
+def _run_or_restore(stage: Stage, context: RunContext) -> None:
+    done = stage_done(context.run_dir, stage.name) if context.resume and stage.restore is not None else None
+    if done is not None:
+        stage.restore(context, done)  # type: ignore[misc]
+        context.stages[stage.name] = done
+        return
+    facts = stage.run(context) or {}
+    if stage.restore is not None:
+        mark_stage_done(context.run_dir, stage.name, facts)
+        context.stages[stage.name] = facts
+
+
+def _after_write_fault(context: RunContext, stage: Stage, recipe_saved: bool, disk_full: bool) -> str:
+    """What a failed write cost and how to continue: nothing finished is lost, the run resumes where it stopped."""
+    fix = "Free space" if disk_full else "Fix that"
+    if not recipe_saved:
+        return (f"Nothing was trained yet; {fix.lower()} and run the same command again ({context.run_dir} holds "
+                "nothing that blocks it).")
+    finished = list(context.stages)
+    kept = f"the finished stages ({', '.join(finished)}) and " if finished else "the "
+    return (f"Stage {stage.name!r} stopped there; {kept}checkpoints written so far are kept in {context.run_dir}. "
+            f"{fix}, then run the same command again with --resume (distill.train(..., resume=True)) to continue "
+            "from there.")

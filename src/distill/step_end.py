@@ -32,7 +32,15 @@ class RunLog:
     def truncate_after(self, stage: str, step: int) -> None:
         if not self.enabled or not self.path.is_file():
             return
-        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):  # only the last line can be cut off by a crash or a full disk
+                    raise DistillError(f"{self.path}, line {number}, is not JSON; the log is damaged (delete that "
+                                       "line to resume)") from None
         kept = [record for record in records if not (record.get("stage") == stage and record.get("step", 0) > step)]
         temporary = self.path.with_suffix(".partial")
         temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))

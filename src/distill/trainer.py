@@ -28,7 +28,7 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from distill.augment import random_shift
+from distill.augment import batch_generator, random_shift
 from distill.capture import SignalCapture
 from distill.checkpoint import list_checkpoints
 from distill.config import TrainingConfig
@@ -98,6 +98,29 @@ def prepare_step(model: nn.Module, objective: Objective, teacher: nn.Module | Te
     objective.build_adapters(student_signals, teacher_signals, probe.get("labels"), probe.get("attention_mask"))
     model.train(was_training)
     return DistillationStep(model, student_capture, objective), teacher_signals_from
+
+
+def probe_objective(model: nn.Module, objective: Objective, teacher: nn.Module | TeacherSource | None,
+                    probe: dict[str, Any]) -> None:
+    """``prepare_step``'s checks, run on models before any of them trains (a run's prepare stage): every term's
+    signals resolve on both models and their shapes fit the loss, with a projection where one can be learned.
+    The hooks and adapters go again, and so do the random numbers the adapters' initialisation drew, so a run
+    trains exactly as it would without the probe."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            step_module, teacher_signals_from = prepare_step(model, objective, teacher, probe)
+    except DistillError as error:
+        if str(error).startswith("objective term"):
+            raise
+        # a capture error names the signal; say which terms read it
+        named = [term.name for term in objective.terms
+                 if any(f"'{name}'" in str(error) for signal in (term.student_signal, term.teacher_signal)
+                        for name in (signal, signal.split("[")[0]))]
+        prefix = f"objective term{'s' * (len(named) > 1)} {', '.join(map(repr, named))}: " if named else ""
+        raise DistillError(f"{prefix}{error} (checked before any training)") from None
+    step_module.capture.remove()
+    if teacher_signals_from is not None:
+        teacher_signals_from.remove()
 
 
 @torch.no_grad()
@@ -224,6 +247,7 @@ class StageRun:
     after: StepEnd
     loss_names: list[str]  # what a step's (total, terms) are logged as: "loss", then "loss/<term>"
     started: float
+    seed: int  # of the stage: its data order and each batch's augmentation are drawn from it and the step
     step: int = 0
     resumed_from: int | None = None
     window: list[Tensor] = field(default_factory=list)  # [total, *terms] per micro-batch since the last log line
@@ -293,7 +317,7 @@ def start_stage(model: nn.Module, train_dataset: Dataset, *, objective: Objectiv
                     eval_every=training.eval_every or steps_per_epoch)
     return StageRun(training, accelerator, wrapped, unwrapped, teacher_signals_from, optimizer, scheduler, loader,
                     steps_per_epoch, total_steps, checkpoints, after,
-                    ["loss", *(f"loss/{term.name}" for term in objective.terms)], started,
+                    ["loss", *(f"loss/{term.name}" for term in objective.terms)], started, seed,
                     step=resumed_from or 0, resumed_from=resumed_from)
 
 
@@ -321,7 +345,8 @@ def epoch_batches(run: StageRun) -> Iterator[tuple[dict[str, Any], float | None]
                 break
             batch = _to_device(batch, accelerator.device)
             if training.augment.shift and "inputs" in batch:
-                batch["inputs"] = random_shift(batch["inputs"], training.augment.shift)
+                generator = batch_generator(run.seed, accelerator.process_index, epoch * micro_per_epoch + micro_index)
+                batch["inputs"] = random_shift(batch["inputs"], training.augment.shift, generator)
             yield batch, normalizer
 
 

@@ -26,12 +26,29 @@ def _objective(source: ObjectiveSource, context: RunContext) -> Objective:
 
 def export_trained(model: nn.Module, spec: Any, context: RunContext, name: str, data: Any) -> None:
     """Write a trained model under ``run_dir/<name>`` (main process only), with its tokenizer when the data has
-    one, so the folder loads with ``from_pretrained`` as it is."""
+    one, so the folder loads with ``from_pretrained`` as it is, and with the class names when the data has them
+    (``id2label`` / ``label2id`` of a Hugging Face classifier, ``class_names`` in a built-in net's config)."""
+    names = getattr(data, "class_names", None)
+    extra = None
+    if names and is_hf_model(model):
+        label_classes(model, names)
+    elif names:
+        extra = {"class_names": list(names)}
+
     def write() -> None:
-        export_model(model, spec, context.run_dir / name, input_shape=data.input_shape, num_classes=data.num_classes)
+        export_model(model, spec, context.run_dir / name, input_shape=data.input_shape, num_classes=data.num_classes,
+                     extra=extra)
         if getattr(data, "tokenizer", None) is not None:
             data.tokenizer.save_pretrained(str(context.run_dir / name))
     on_main(write)
+
+
+def label_classes(model: nn.Module, names: list[str]) -> None:
+    """Name the classes of a Hugging Face classifier, so that ``pipeline()`` answers with names, not LABEL_3."""
+    config = model.config  # type: ignore[attr-defined]
+    if getattr(config, "num_labels", None) == len(names):
+        config.id2label = dict(enumerate(names))
+        config.label2id = {label: index for index, label in enumerate(names)}
 
 
 def train_stage(name: str, *, model: str, does: str, training: Any, seed: int, spec: Any = None,

@@ -9,7 +9,6 @@ index and ``cache.json`` are written last. The result is byte-identical to an un
 from __future__ import annotations
 
 import datetime as _datetime
-import errno
 import json
 import os
 import time
@@ -59,10 +58,10 @@ from distill.cache.format import (
     shard_name,
     values_key,
 )
-from distill.checkpoint import fsync_dir, write_json_atomic
+from distill.checkpoint import WriteFailed, check_writable, fsync_dir, write_json_atomic, writing
 from distill.data.tokens import collate_fn_of
 from distill.errors import DistillError
-from distill.stages import on_main
+from distill.stages import RECIPE_FILE, is_run_dir, on_main
 
 SignalFunction = Callable[[dict[str, Any]], dict[str, Tensor]]
 
@@ -179,20 +178,23 @@ class CacheWriter:
         final = self.output / name
         partial = final.with_name(final.name + PARTIAL)
         try:
-            save_file(tensors, str(partial))
-            with open(partial, "rb") as handle:
-                os.fsync(handle.fileno())
+            with writing(partial):
+                save_file(tensors, str(partial))
+                with open(partial, "rb") as handle:
+                    os.fsync(handle.fileno())
             checksum = sha256_file(partial)
-            os.replace(partial, final)
+            with writing(final):
+                os.replace(partial, final)
             fsync_dir(self.output)
             self.completed[name] = checksum
             self._save_progress()
-        except OSError as error:
+        except WriteFailed as error:
             partial.unlink(missing_ok=True)
-            reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-            raise DistillError(f"cannot write cache shard {final}: {reason}. The {len(self.completed)} completed "
-                               f"shards in {self.output} are kept; free space and run the same `distill cache build` "
-                               "again to continue from them.") from None
+            what = f"cache shard {final}" if error.path in (partial, final) else str(error.path)  # or the progress
+            fix = "free space" if error.disk_full else "fix that"
+            raise DistillError(f"cannot write {what}: {error.reason}. The {len(self.completed)} "
+                               f"completed shards in {self.output} are kept; {fix} and run the same `distill cache "
+                               "build` again to continue from them.") from None
         return checksum
 
     # ------------------------------------------------------------------ progress
@@ -228,13 +230,24 @@ class CacheWriter:
         self.kept = len(self.completed)
 
     # ------------------------------------------------------------------ the build
-    def run(self) -> dict[str, Any]:
-        self.output.mkdir(parents=True, exist_ok=True)
+    def _start(self) -> None:
+        """The output folder, with the build's record written before its first shard: a shard is never on disk
+        without the record that lets a later build trust it."""
         existing = self.output / METADATA_FILE
         if existing.is_file():
             raise DistillError(f"{self.output} already holds a finished teacher cache; choose another --output "
                                "(or delete it to rebuild)")
-        self._load_progress()
+        try:
+            with writing(self.output):
+                self.output.mkdir(parents=True, exist_ok=True)
+            self._load_progress()
+            self._save_progress()
+        except WriteFailed as error:
+            raise DistillError(f"{error} Nothing was computed yet; {'free space' if error.disk_full else 'fix that'} "
+                               "and run the same `distill cache build` again.") from None
+
+    def run(self) -> dict[str, Any]:
+        self._start()
         started = time.perf_counter()
         infos = self.signal_infos()
         per_shard = self.settings.samples_per_shard
@@ -275,8 +288,9 @@ class CacheWriter:
             index[f"{split}/offset"] = (ids % self.settings.samples_per_shard).to(torch.int32)
         try:
             partial_index = self.output / (INDEX_FILE + PARTIAL)
-            save_file(index, str(partial_index))
-            os.replace(partial_index, self.output / INDEX_FILE)
+            with writing(partial_index):
+                save_file(index, str(partial_index))
+                os.replace(partial_index, self.output / INDEX_FILE)
             metadata = {
                 "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "library_version": _library_version(),
                 "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -290,11 +304,25 @@ class CacheWriter:
                 "build": {"seconds": round(seconds, 3), "shards_kept_from_earlier_run": self.kept},
             }
             write_json_atomic(self.output / METADATA_FILE, metadata)
-        except OSError as error:
-            raise DistillError(f"cannot write the index of {self.output}: {error.strerror or error}. Every shard is "
-                               "complete; free space and run the same `distill cache build` again.") from None
+        except WriteFailed as error:
+            (self.output / (INDEX_FILE + PARTIAL)).unlink(missing_ok=True)
+            raise DistillError(f"cannot write {error.path}: {error.reason}. Every shard of {self.output} is "
+                               f"complete and kept; {'free space' if error.disk_full else 'fix that'} and run the same "
+                               "`distill cache build` again.") from None
         (self.output / PROGRESS_FILE).unlink(missing_ok=True)
         return metadata
+
+
+def check_cache_output(output: Path) -> None:
+    """Before the teacher runs: ``output`` can be written, and is no run's folder (a cache never writes into a
+    run directory: its checkpoints, models and metrics are the run's own)."""
+    check_writable(output, "--output")
+    owner = next((folder for folder in (output.absolute(), *output.absolute().parents) if is_run_dir(folder)), None)
+    if owner is not None:
+        inside = "is" if owner == output.absolute() else f"is inside {owner}, which is"
+        raise DistillError(f"--output {output} {inside} a training run's directory (it holds {RECIPE_FILE} and the "
+                           "run's log or finished stages); a cache is not written into a run. Choose a folder of its "
+                           f"own, e.g. --output {owner.parent / (owner.name + '-cache')}.")
 
 
 def _teacher_for(config: Any, data: Any) -> nn.Module:
@@ -372,6 +400,7 @@ def build_cache(recipe: Any, output: str | Path, *, overrides: list[str] | None 
         raise DistillError(f"--dtype {dtype!r}: choose one of {', '.join(VALUE_DTYPES)}")
     if samples_per_shard <= 0 or batch_size <= 0:
         raise DistillError("--samples-per-shard and --batch-size must be positive")
+    check_cache_output(Path(output))
     config = load_recipe(recipe, overrides)
     objective = Objective(config.objective)
     names = sorted(objective.signals("teacher")) if objective.needs_teacher else []

@@ -7,6 +7,6 @@ from pydantic import BaseModel, ConfigDict
 
 class StrictSection(BaseModel):
     """Base of every recipe section: unknown keys are refused, so a misspelt key is an error rather than a
-    silently ignored setting, and assignments are validated like parsing."""
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+    silently ignored setting; assignments are validated like parsing; and every float field is finite (``inf``
+    epochs would never end, a ``nan`` learning rate trains nothing), also for ``lr: nan`` given as text."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

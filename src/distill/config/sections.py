@@ -225,13 +225,14 @@ class TermConfig(StrictSection):
             raise ValueError(str(error)) from None
         if self.temperature is not None and "temperature" not in info.options:
             raise ValueError(f"loss {self.loss!r} takes no temperature")
-        for option in self.options:
-            if option not in info.options or option == "temperature":
-                valid = [name for name in info.options if name != "temperature"]
+        valid = [name for name in info.settable if name != "temperature"]
+        for option, value in self.options.items():
+            if option not in valid:
                 close = difflib.get_close_matches(option, valid, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"loss {self.loss!r} has no option {option!r}{hint}; its options: {valid or 'none'}"
                                  + ("; set temperature as the term's own field" if option == "temperature" else ""))
+            info.check_option(option, value)
         return self
 
     @property

@@ -42,6 +42,7 @@ class ArraySplits:
             "test": int(len(self.test_y)),
             "input_shape": list(self.input_shape),
             "num_classes": int(self.num_classes),
+            **({"class_names": list(self.class_names)} if self.class_names else {}),
             "source": self.source,
         }
 

@@ -26,6 +26,7 @@ class RunData:
     num_classes: int | None
     summary: dict[str, Any] = field(default_factory=dict)
     tokenizer: Any = None          # causal-LM data: the tokenizer the token ids come from
+    class_names: list[str] | None = None  # the name of each class id, when the data has names (string labels)
 
 
 def tokenizer_source(recipe: Any, what: str) -> str:
@@ -100,7 +101,8 @@ def _load_arrays(recipe: Any) -> RunData:
     if len(splits.test_y) == 0:
         raise DistillError(f"dataset {splits.name!r} has an empty test split; nothing to evaluate on")
     return RunData(ArrayDataset(train_x, train_y), val, ArrayDataset(splits.test_x, splits.test_y),
-                   tuple(splits.input_shape), splits.num_classes, {**splits.summary(), "train_used": len(train_y)})
+                   tuple(splits.input_shape), splits.num_classes, {**splits.summary(), "train_used": len(train_y)},
+                   class_names=splits.class_names)
 
 
 def load_data(recipe: Any) -> RunData:

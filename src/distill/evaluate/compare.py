@@ -28,7 +28,7 @@ from distill.evaluate.metrics import (
     mean_jsd_to_teacher,
     mean_kl_to_teacher,
 )
-from distill.evaluate.speed import latency_ms, peak_forward_memory, size_on_disk
+from distill.evaluate.speed import interleaved_latency_ms, peak_forward_memory, size_on_disk
 from distill.models import count_parameters, forward_logits
 
 # Rows that are students of the teacher (distilled or compressed variants); the baseline is the reference.
@@ -85,23 +85,26 @@ def check_label_sets(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> i
     return num_classes
 
 
-def _cost_row(model: nn.Module, name: str, batches: dict[str, Any], samples_per_second: float,
-              evaluation: EvaluationConfig, model_dirs: dict[str, Path]) -> dict[str, Any]:
-    """What a model costs: parameters, size on disk, latency at two batch sizes, throughput, peak memory."""
-    timing = latency_ms(model, batches["latency"], runs=evaluation.latency_runs)
-    single = latency_ms(model, batches["single"], runs=evaluation.latency_b1_runs)
-    memory = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
-    return {
+def _cost_rows(models: dict[str, nn.Module], batches: dict[str, Any], throughput: dict[str, float],
+               memory: dict[str, dict[str, int]], evaluation: EvaluationConfig, model_dirs: dict[str, Path]
+               ) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """What each model costs: parameters, size on disk, latency at two batch sizes (all models timed side by side,
+    see ``interleaved_latency_ms``), throughput, peak memory; and the timing rounds' spread."""
+    timing, spread = interleaved_latency_ms(models, batches["latency"], runs=evaluation.latency_runs)
+    single, single_spread = interleaved_latency_ms(models, batches["single"], runs=evaluation.latency_b1_runs)
+    rows = {name: {
         "params": count_parameters(model),
         "size_bytes": size_on_disk(model_dirs[name]) if name in model_dirs else None,
-        "latency_ms": round(timing["median"], 4),
-        "latency_p95_ms": round(timing["p95"], 4),
-        "latency_b1_ms": round(single["median"], 4),
-        "latency_b1_p95_ms": round(single["p95"], 4),
-        "throughput": round(samples_per_second, 1),
-        "peak_memory_bytes": memory["total"],
-        "activation_memory_bytes": memory["activations"],
-    }
+        "latency_ms": round(timing[name]["median"], 4),
+        "latency_p95_ms": round(timing[name]["p95"], 4),
+        "latency_b1_ms": round(single[name]["median"], 4),
+        "latency_b1_p95_ms": round(single[name]["p95"], 4),
+        "throughput": round(throughput[name], 1),
+        "peak_memory_bytes": memory[name]["total"],
+        "activation_memory_bytes": memory[name]["activations"],
+    } for name, model in models.items()}
+    known = [value for value in (spread, single_spread) if value is not None]
+    return rows, max(known) if known else None
 
 
 def _quality(metrics: dict[str, Any], logits: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int,
@@ -169,25 +172,33 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
     logits: dict[str, torch.Tensor] = {}
     metrics: dict[str, Any] = {"models": list(models)}
     labels = torch.empty(0, dtype=torch.long)
+    throughput: dict[str, float] = {}
+    memory: dict[str, dict[str, int]] = {}
     with Progress(transient=True, disable=not show_progress) as progress:
-        task = progress.add_task("evaluating", total=len(models))
+        task = progress.add_task("evaluating", total=len(models) + 1)
         for name, model in models.items():
             progress.update(task, description=f"evaluating {name}")
             model.to(device)
             try:
-                logits[name], labels, samples_per_second = predict_timed(model, test, batch_size=evaluation.batch_size,
-                                                                         device=device)
+                logits[name], labels, throughput[name] = predict_timed(model, test, batch_size=evaluation.batch_size,
+                                                                       device=device)
             except RuntimeError as error:  # shapes: a model meeting data it was not trained on
                 raise DistillError(f"the {name} cannot run on the evaluation inputs: {error}".split("\n")[0]) from None
-            metrics[name] = _cost_row(model, name, batches, samples_per_second, evaluation, model_dirs or {})
+            memory[name] = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
             progress.advance(task)
+        progress.update(task, description="timing the models side by side")
+        rows, spread = _cost_rows(models, batches, throughput, memory, evaluation, model_dirs or {})
+        progress.advance(task)
+    for name, row in rows.items():
+        metrics[name] = row
     num_classes = check_label_sets(logits, labels)
     details = _quality(metrics, logits, labels, num_classes, evaluation)
     metrics.update({"test_size": int(labels.numel()), "num_classes": num_classes,
                     "latency_batch_size": evaluation.latency_batch_size,
                     "throughput_batch_size": int(next(iter(batches["throughput"].values())).shape[0]),
                     "latency_runs": evaluation.latency_runs, "latency_b1_runs": evaluation.latency_b1_runs,
-                    "threads": torch.get_num_threads(), "device": str(torch.device(device))})
+                    "threads": torch.get_num_threads(), "device": str(torch.device(device)),
+                    "latency_spread": None if spread is None else round(spread, 4)})
     _comparisons(metrics, list(logits))
     metrics["details"] = details
     metrics["evaluation_seconds"] = round(time.perf_counter() - started, 3)

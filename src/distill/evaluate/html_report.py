@@ -125,7 +125,8 @@ def build_report(run_dirs: list[str | Path], *, output: str | Path | None = None
         figures["reliability"] = plots.reliability_diagrams(reliability)
     confusion = [(label, detail["confusion"]) for label, detail in details if "confusion" in detail]
     if confusion:
-        figures["confusion"] = plots.confusion_matrices(confusion)
+        names = {tuple(run.metrics.get("data", {}).get("class_names") or ()) for run in runs}
+        figures["confusion"] = plots.confusion_matrices(confusion, list(names.pop()) if len(names) == 1 else None)
     inherited = [(label, detail["inherited"]) for label, detail in details if "inherited" in detail]
     if inherited:
         figures["inherited-errors"] = plots.inherited_errors_plot(inherited)

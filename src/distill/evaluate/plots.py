@@ -135,9 +135,10 @@ def reliability_diagrams(models: list[tuple[str, dict[str, Any]]]) -> bytes:
     return to_png(figure)
 
 
-def confusion_matrices(models: list[tuple[str, list[list[int]]]]) -> bytes:
+def confusion_matrices(models: list[tuple[str, list[list[int]]]], class_names: list[str] | None = None) -> bytes:
     """Row-normalised confusion (share of each true class predicted as each class), log colour scale so the
-    off-diagonal mistakes show; counts written where there are few classes."""
+    off-diagonal mistakes show; counts written where there are few classes, and the classes named on the axes
+    when their names are known."""
     from matplotlib.colors import LogNorm
 
     figure, axes = _grid(len(models), 3.4, 3.2)
@@ -155,6 +156,9 @@ def confusion_matrices(models: list[tuple[str, list[list[int]]]]) -> bytes:
         axis.set_title(f"{name} ({int(counts.sum() - np.trace(counts))} errors)", fontsize=9)
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
+        if class_names and len(class_names) == size and size <= 12:
+            axis.set_xticks(range(size), class_names, rotation=90, fontsize=6)
+            axis.set_yticks(range(size), class_names, fontsize=6)
         figure.colorbar(image, ax=axis, fraction=0.046)
     figure.tight_layout()
     return to_png(figure)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch.utils.data import Dataset
 
 from distill.config import EvaluationConfig
 from distill.evaluate.compare import evaluate_models  # noqa: F401  (its home before compare.py)
+from distill.evaluate.speed import speed_summary
 from distill.evaluate.table import cell, columns_for, model_names
 from distill.models import count_parameters
 
@@ -46,25 +48,48 @@ def evaluate_embeddings(models: dict[str, nn.Module], test: Dataset, *, evaluati
     return metrics
 
 
-def summary_table(metrics: dict[str, Any]) -> Table:
+# The terminal table's columns, most telling first: on a narrow terminal (or a log file, 80 columns) the last ones
+# go rather than every cell being cut to "37.8 …"; every column is in report.md / report.html.
+SHORT_HEADERS = {"errors": "errors", "perplexity": "ppl", "accuracy": "accuracy", "gap_recovered": "gap rec.",
+                 "agreement": "agrees", "latency_b1_ms": "ms@b1", "size_bytes": "size", "inherited_share": "inherits"}
+
+
+def summary_table(metrics: dict[str, Any], width: int | None = None) -> Table:
+    """The end-of-run table, fitted to ``width`` columns (default: the console's)."""
     if metrics.get("task") == "embedding":
         return _embedding_table(metrics)
+    rows = [(name, metrics[name]) for name in model_names(metrics)]
+    present = {column.key: column for column in columns_for(rows)}
+    width = width or Console().width
+    fitted: list[Any] = []
+    for key in (key for key in SHORT_HEADERS if key in present):
+        if len(fitted) >= 2 and _rendered_width(_table(metrics, rows, [*fitted, present[key]], 0)) > width:
+            break
+        fitted.append(present[key])
+    order = list(present)  # shown in the table's usual order
+    fitted.sort(key=lambda column: order.index(column.key))
+    return _table(metrics, rows, fitted, left_out=len([key for key in SHORT_HEADERS if key in present]) - len(fitted))
+
+
+def _table(metrics: dict[str, Any], rows: list[tuple[str, dict[str, Any]]], columns: list[Any], left_out: int
+           ) -> Table:
     table = Table(title=f"{metrics.get('recipe', 'run')} (test set of {metrics.get('test_size')}, seed "
                         f"{metrics.get('seed')}, {metrics.get('threads')} threads)", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    names = model_names(metrics)
-    rows = [(name, metrics[name]) for name in names]
-    # the terminal is narrow: short headers, the columns that decide; every column is in report.md / report.html
-    short = {"errors": "errors", "accuracy": "accuracy", "perplexity": "ppl", "agreement": "agrees",
-             "gap_recovered": "gap rec.", "inherited_share": "inherits", "size_bytes": "size",
-             "latency_b1_ms": "ms@b1"}
-    columns = [column for column in columns_for(rows) if column.key in short]
+                  pad_edge=False, caption=(f"{left_out} more column{'s' * (left_out > 1)} in `distill report RUN_DIR`"
+                                           if left_out else None))
     table.add_column("model", no_wrap=True)
     for column in columns:
-        table.add_column(short[column.key], justify="right", no_wrap=True)
+        table.add_column(SHORT_HEADERS[column.key], justify="right", no_wrap=True)
     for name, row in rows:
         table.add_row(name, *(cell(column, row) for column in columns))
     return table
+
+
+def _rendered_width(table: Table) -> int:
+    table.title = None  # a title wraps; it never widens the table
+    console = Console(width=10_000, file=io.StringIO())
+    console.print(table)
+    return max(len(line) for line in console.file.getvalue().splitlines())
 
 
 def _embedding_table(metrics: dict[str, Any]) -> Table:
@@ -106,7 +131,6 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     warning = baseline_warning(metrics)
     if warning is not None:
         console.print(f"[yellow]note:[/yellow] {warning}", markup=True)
-    if "speedup" in metrics:
-        console.print(f"student is {metrics['compression']:.1f}x smaller and {metrics['speedup']:.1f}x faster "
-                      f"than the teacher ({metrics['threads']} threads)")
+    for line in speed_summary(metrics):
+        console.print(line, markup=True)
     console.print(f"results: {run_dir}/metrics.json  student: {run_dir}/student/  log: {run_dir}/log.jsonl")

@@ -36,6 +36,86 @@ def latency_ms(model: torch.nn.Module, batch: dict[str, Tensor], *, runs: int = 
             "runs": runs, "threads": torch.get_num_threads(), "batch_size": int(next(iter(batch.values())).shape[0])}
 
 
+# Rounds the timed runs are split into to see whether the machine's load changed under them, and the spread of
+# the models' speed ratio between rounds beyond which the figures come with a warning.
+SPREAD_ROUNDS = 5
+NOISY_SPREAD = 0.2
+
+
+@torch.no_grad()
+def interleaved_latency_ms(models: dict[str, torch.nn.Module], batch: dict[str, Tensor], *, runs: int = 30,
+                           warmup: int = 5) -> tuple[dict[str, dict[str, float]], float | None]:
+    """``latency_ms`` of several models measured side by side: each timed run passes every model once, in an order
+    that rotates from run to run, so a load that comes and goes slows them all alike and cannot invert their
+    ratio. Returns each model's figures and the spread: the runs are split into SPREAD_ROUNDS rounds in time
+    order, each model's median per round divided by the first model's, and the spread is the largest
+    (max / min - 1) of those ratios over the models (of the first model's own round medians when it is alone);
+    None with fewer than 20 runs."""
+    names = list(models)
+    modes = {name: model.training for name, model in models.items()}
+    for model in models.values():
+        model.eval()
+    for _ in range(warmup):
+        for model in models.values():
+            forward_logits(model, batch)
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    for run in range(runs):
+        for name in names[run % len(names):] + names[:run % len(names)]:
+            start = time.perf_counter()
+            output = forward_logits(models[name], batch)
+            if output.is_cuda:
+                torch.cuda.synchronize(output.device)
+            timings[name].append((time.perf_counter() - start) * 1000)
+    for name, model in models.items():
+        model.train(modes[name])
+    size = int(next(iter(batch.values())).shape[0])
+    figures = {name: {"median": statistics.median(values), "p95": sorted(values)[min(runs - 1, int(0.95 * runs))],
+                      "runs": runs, "threads": torch.get_num_threads(), "batch_size": size}
+               for name, values in timings.items()}
+    return figures, _spread(timings, names)
+
+
+def _spread(timings: dict[str, list[float]], names: list[str]) -> float | None:
+    """None when there are too few runs to tell (a median of fewer than 10 runs a round is noise itself)."""
+    rounds = min(SPREAD_ROUNDS, len(timings[names[0]]) // 10)
+    if rounds < 2:
+        return None
+
+    def round_medians(values: list[float]) -> list[float]:
+        size = len(values) // rounds
+        return [statistics.median(values[index * size:(index + 1) * size]) for index in range(rounds)]
+
+    reference = round_medians(timings[names[0]])
+    ratios = [[other / max(base, 1e-12) for other, base in zip(round_medians(timings[name]), reference)]
+              for name in names[1:]] or [reference]
+    return max(max(values) / max(min(values), 1e-12) - 1 for values in ratios)
+
+
+def speed_phrase(speedup: float) -> str:
+    """'2.1x faster', or '1.8x slower' when the student is slower (a speed-up under 1 is not 'faster')."""
+    return f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / max(speedup, 1e-9):.1f}x slower"
+
+
+def noise_warning(spread: float | None) -> str | None:
+    """A sentence when the timing rounds disagreed beyond NOISY_SPREAD (the machine's load changed)."""
+    if spread is None or spread <= NOISY_SPREAD:
+        return None
+    return (f"timings varied by {spread:.0%} between rounds (other work on this machine?): the latency and speed-up "
+            "figures are approximate; rerun `distill eval RUN_DIR` on an idle machine for firm ones")
+
+
+def speed_summary(metrics: dict[str, Any]) -> list[str]:
+    """The end-of-run lines on size and speed (with the thread count), and the noise warning when due."""
+    lines = []
+    if "speedup" in metrics:
+        lines.append(f"student is {metrics['compression']:.1f}x smaller and {speed_phrase(metrics['speedup'])} "
+                     f"than the teacher ({metrics['threads']} threads)")
+    warning = noise_warning(metrics.get("latency_spread"))
+    if warning is not None:
+        lines.append(f"[yellow]note:[/yellow] {warning}")
+    return lines
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of everything the model holds (parameters, buffers, packed quantized weights), as its state dict
     stores it: int8 weights count one byte per element."""

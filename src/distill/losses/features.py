@@ -10,7 +10,7 @@ with a message that names both shapes.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from distill.losses.checks import (
     check_same_shape,
     shapes_error,
 )
-from distill.losses.registry import register_loss
+from distill.losses.registry import Positive, register_loss
 
 __all__ = [
     "hint_loss",
@@ -35,7 +35,8 @@ __all__ = [
     "multilabel_kd",
 ]
 
-_DISTANCE_KINDS = ("mse", "l1", "smooth_l1")
+DistanceKind = Literal["mse", "l1", "smooth_l1"]
+_DISTANCE_KINDS = get_args(DistanceKind)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -66,8 +67,8 @@ def hint_loss(
     student_features: Tensor,
     teacher_features: Tensor,
     *,
-    kind: str = "mse",
-    beta: float = 1.0,
+    kind: DistanceKind = "mse",
+    beta: Positive = 1.0,
     mask: Optional[Tensor] = None,
 ) -> Tensor:
     """FitNets hint loss (Romero et al., 2015, "FitNets: Hints for Thin Deep Nets").
@@ -147,7 +148,7 @@ def attention_transfer(
     student_maps: Tensor,
     teacher_maps: Tensor,
     *,
-    p: float = 2,
+    p: Positive = 2,
 ) -> Tensor:
     """Activation-based attention transfer (Zagoruyko & Komodakis, 2017,
     "Paying More Attention to Attention").
@@ -226,8 +227,8 @@ def regression_kd(
     student_predictions: Tensor,
     teacher_predictions: Tensor,
     *,
-    kind: str = "mse",
-    beta: float = 1.0,
+    kind: DistanceKind = "mse",
+    beta: Positive = 1.0,
 ) -> Tensor:
     """Distillation for regression outputs: match the teacher's predictions
     (soft targets for regression, e.g. Chen et al., 2017, "Learning Efficient
@@ -251,7 +252,7 @@ def multilabel_kd(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: Positive = 1.0,
 ) -> Tensor:
     """Knowledge distillation for multi-label classification: one binary
     (sigmoid) distribution per class instead of one softmax over classes

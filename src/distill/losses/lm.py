@@ -21,9 +21,10 @@ from torch import Tensor
 
 from distill.capture import FinalHidden, TopKTeacher
 from distill.errors import DistillError
-from distill.losses.registry import register_loss
+from distill.losses.registry import NonNegative, Positive, PositiveInt, UnitInterval, register_loss
 from distill.losses.tokens import (
     DIVERGENCES,
+    Divergence,
     auto_chunk_size,
     chunked_token_ce,
     chunked_token_kd,
@@ -90,9 +91,10 @@ def _topk_kd(student: FinalHidden, teacher: TopKTeacher, labels: Tensor, *, temp
 
 @register_loss("token_kd", softens=True)
 def token_kd(student_final: FinalHidden, teacher_final: FinalHidden | TopKTeacher, labels: Tensor, *,
-             divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-             top_k: int | None = None, hard_weight: float = 0.0, chunk_size: int | None = None,
-             normalizer: Any = None, vocab_size: int | None = None) -> Tensor:
+             divergence: Divergence = "forward_kl", temperature: Positive = 1.0, beta: UnitInterval = 0.5,
+             skew: UnitInterval = 0.1, top_k: PositiveInt | None = None, hard_weight: NonNegative = 0.0,
+             chunk_size: PositiveInt | None = None, normalizer: Any = None, vocab_size: PositiveInt | None = None
+             ) -> Tensor:
     """Token-level KD between next-token distributions, from hidden states and heads, chunk by chunk.
 
     ``divergence``: forward_kl (classic KD), reverse_kl, jsd (generalised JSD, ``beta`` = teacher weight, TRL's
@@ -142,8 +144,8 @@ def check_cached_topk(cached_k: int, divergence: str, top_k: int | None) -> None
 
 
 @register_loss("token_ce")
-def token_ce(student_final: FinalHidden, labels: Tensor, *, chunk_size: int | None = None, normalizer: Any = None
-             ) -> Tensor:
+def token_ce(student_final: FinalHidden, labels: Tensor, *, chunk_size: PositiveInt | None = None,
+             normalizer: Any = None) -> Tensor:
     """Next-token cross-entropy on the supervised tokens, from hidden states and head, chunk by chunk."""
     student = _final_hidden(student_final, "student", "token_ce")
     try:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.checks import check_ndim, check_positive, check_same_shape
-from distill.losses.registry import register_loss
+from distill.losses.registry import NonNegative, Positive, UnitInterval, register_loss
 
 
 def _check_same_classes(student_logits: Tensor, teacher_logits: Tensor) -> None:
@@ -24,7 +24,7 @@ def _check_same_classes(student_logits: Tensor, teacher_logits: Tensor) -> None:
 
 @register_loss("cross_entropy")
 def cross_entropy(student_logits: Tensor, labels: Tensor, *, ignore_index: int = -100,
-                  label_smoothing: float = 0.0) -> Tensor:
+                  label_smoothing: UnitInterval = 0.0) -> Tensor:
     """Hard-label cross-entropy, mean over labelled samples (objective 0: train on gold data). Samples labelled
     ``ignore_index`` do not count; a batch with none labelled gives 0, not NaN (label-scarce transfer sets)."""
     summed = F.cross_entropy(student_logits.float(), labels, ignore_index=ignore_index,
@@ -33,7 +33,7 @@ def cross_entropy(student_logits: Tensor, labels: Tensor, *, ignore_index: int =
 
 
 @register_loss("soft_kl", softens=True)
-def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
+def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: Positive = 1.0) -> Tensor:
     """Hinton et al. (2015) soft-target loss: KL(p_teacher^T || p_student^T) with ``batchmean`` reduction,
     multiplied by T^2 so its gradients keep the same scale as a hard-label term when T changes.
 
@@ -50,7 +50,7 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: floa
 
 
 @register_loss("soft_cross_entropy", softens=True)
-def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, *, temperature: Positive = 1.0) -> Tensor:
     """Cross-entropy against the teacher's soft targets, times T^2. Equals ``soft_kl`` plus the teacher's
     entropy (a constant): same gradients, but the value does not go to zero at a perfect match."""
     _check_same_classes(student_logits, teacher_logits)
@@ -82,9 +82,9 @@ def dkd(
     teacher_logits: Tensor,
     labels: Tensor,
     *,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    temperature: float = 4.0,
+    alpha: NonNegative = 1.0,
+    beta: NonNegative = 8.0,
+    temperature: Positive = 4.0,
 ) -> Tensor:
     """Decoupled knowledge distillation (Zhao et al., 2022, "Decoupled
     Knowledge Distillation"), as defined in mdistiller's ``dkd_loss``.

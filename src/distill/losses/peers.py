@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.registry import register_loss
+from distill.losses.registry import Positive, register_loss
 
 
 @register_loss("peer_kl", softens=True)
 def peer_kl(student_peer_logits: Tensor, *, peer: int = 0, target: int | None = None,
-            temperature: float = 1.0) -> Tensor:
+            temperature: Positive = 1.0) -> Tensor:
     """Deep mutual learning's mimicry term for one peer (Zhang et al. 2018): the mean over the other peers j of
     KL(p_j^T || p_peer^T), batchmean, times T^2. ``student_peer_logits`` is [peers, batch, classes]; the other
     peers' outputs are targets (detached), so each peer's term trains that peer alone. With ``target`` only that

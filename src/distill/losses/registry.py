@@ -12,19 +12,36 @@ the loss declares next to its definition, so no list elsewhere has to be kept in
   ``[batch, heads, tokens, tokens]`` attention signal, so the objective passes the attention mask for 4-d
   signals too (other losses compare an attention map whole).
 
+An option's annotation is also its check: ``temperature: Positive``, ``beta: UnitInterval``,
+``divergence: Literal[...]``, ``top_k: PositiveInt | None``. A recipe's option values are validated against
+them (pydantic, no infinities or NaN) when the recipe is read, before anything is built. Options the run
+supplies itself (``mask``, ``normalizer``) are not for recipes.
+
 This module imports no loss, so every loss module can import it.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, TypeVar
+
+from annotated_types import Ge, Gt, Interval
 
 from distill.errors import DistillError
 
 ROLES = ("student", "teacher", "labels")
+# options the objective or the trainer fills in per batch (the attention mask, the token normaliser)
+RUNTIME_OPTIONS = frozenset({"mask", "normalizer"})
+
+# Option types a loss signature uses: each a check on the value a recipe gives.
+Positive = Annotated[float, Gt(0)]
+NonNegative = Annotated[float, Ge(0)]
+UnitInterval = Annotated[float, Interval(ge=0, le=1)]
+PositiveInt = Annotated[int, Gt(0)]
 
 LossFn = TypeVar("LossFn", bound=Callable[..., Any])
 
@@ -42,6 +59,32 @@ class LossInfo:
     @property
     def needs_teacher(self) -> bool:
         return "teacher" in self.inputs
+
+    @property
+    def settable(self) -> list[str]:
+        """The options a recipe term may set (the others are filled in by the run)."""
+        return [name for name in self.options if name not in RUNTIME_OPTIONS]
+
+    def check_option(self, option: str, value: Any) -> None:
+        """Raise ValueError naming the option when ``value`` does not fit its annotation (type, range, choices;
+        floats must be finite)."""
+        from pydantic import ValidationError
+
+        try:
+            _option_validator(self.fn, option).validate_python(value)
+        except ValidationError as error:
+            problem = error.errors()[0]["msg"].removeprefix("Input ").removeprefix("Value error, ")
+            raise ValueError(f"loss {self.name!r}: option {option!r} {problem} (got {value!r})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _option_validator(fn: Callable[..., Any], option: str) -> Any:
+    """A pydantic TypeAdapter for one keyword-only parameter, built on first use (pydantic is slow to import and
+    the losses are imported by every command)."""
+    from pydantic import ConfigDict, TypeAdapter
+
+    annotation = typing.get_type_hints(fn, include_extras=True).get(option, Any)
+    return TypeAdapter(annotation, config=ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=True))
 
 
 LOSSES: dict[str, LossInfo] = {}

@@ -9,7 +9,7 @@ incompatible.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from distill.losses.checks import (
     check_same_shape,
     shapes_error,
 )
-from distill.losses.registry import register_loss
+from distill.losses.registry import Positive, PositiveInt, register_loss
 
 __all__ = [
     "rkd_distance",
@@ -130,7 +130,7 @@ def crd_in_batch(
     student_embeddings: Tensor,
     teacher_embeddings: Tensor,
     *,
-    temperature: float = 0.07,
+    temperature: Positive = 0.07,
     symmetric: bool = False,
 ) -> Tensor:
     """Contrastive representation distillation with in-batch negatives
@@ -170,7 +170,7 @@ def similarity_kl(
     student_embeddings: Tensor,
     teacher_embeddings: Tensor,
     *,
-    temperature: float = 0.05,
+    temperature: Positive = 0.05,
 ) -> Tensor:
     """Neighbour-distribution distillation with in-batch anchors (after SEED, Fang et al., 2021, and CompRess,
     Abbasi Koohpayegani et al., 2020, which use a queue of teacher embeddings as anchors).
@@ -227,7 +227,7 @@ def minilm_attention_kl(
     teacher_attention: Tensor,
     *,
     mask: Optional[Tensor] = None,
-    eps: float = 1e-12,
+    eps: Positive = 1e-12,
 ) -> Tensor:
     """Self-attention distribution transfer of MiniLM (Wang et al., 2020,
     "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of
@@ -278,9 +278,9 @@ def minilm_value_relation(
     student_values: Tensor,
     teacher_values: Tensor,
     *,
-    num_relation_heads: int,
+    num_relation_heads: PositiveInt,
     mask: Optional[Tensor] = None,
-    eps: float = 1e-12,
+    eps: Positive = 1e-12,
 ) -> Tensor:
     """Value-relation transfer of MiniLM (Wang et al., 2020), ``L_VR``.
 
@@ -330,8 +330,8 @@ def attention_map_loss(
     student_attention: Tensor,
     teacher_attention: Tensor,
     *,
-    kind: str = "mse",
-    eps: float = 1e-12,
+    kind: Literal["mse", "kl"] = "mse",
+    eps: Positive = 1e-12,
 ) -> Tensor:
     """Attention-map matching for HF ``output_attentions`` tensors, as in
     TinyBERT (Jiao et al., 2020; ``kind="mse"``) or MiniLM (Wang et al., 2020;

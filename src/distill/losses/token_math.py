@@ -4,13 +4,14 @@ logits, in closed form, plus the row bookkeeping (supervised rows, normaliser) e
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Literal, Optional, Union, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv")
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"]
+DIVERGENCES = get_args(Divergence)
 
 Normalizer = Optional[Union[int, float, Tensor]]
 

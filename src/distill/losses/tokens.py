@@ -49,6 +49,7 @@ from distill.losses.fused_linear import (
 )
 from distill.losses.token_math import (
     DIVERGENCES,
+    Divergence,
     Normalizer,
     check_options,
     compute_dtype,
@@ -61,6 +62,7 @@ from distill.losses.token_math import (
 
 __all__ = [
     "DIVERGENCES",
+    "Divergence",
     "auto_chunk_size",
     "token_divergence",
     "dense_token_kd",

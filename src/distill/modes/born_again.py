@@ -43,7 +43,8 @@ def plan(config: Recipe, mode: BornAgainMode, given: set[str]) -> list[Stage]:
         # each generation starts from its own initial weights; generation 1 from the student's
         for index in range(2, mode.generations + 1):
             artifacts[_initial(index)] = build_seeded(config.student.model, context.data, config.seed + index)
-        checked(context, {"generation-0": artifacts["generation-0"], "student": artifacts["student"]})
+        checked(context, {"generation-0": artifacts["generation-0"], "student": artifacts["student"]},
+                distilled=("student", "generation-0"))
 
     stages = [prepare_stage("build generation 0, the student and every generation's initial weights; check them",
                             prepare, ("generation-0", "student", *map(_initial, range(2, mode.generations + 1))),

@@ -69,9 +69,19 @@ def require_classifier(data: Any, mode: str) -> None:
                            "has none")
 
 
-def checked(context: RunContext, models: dict[str, nn.Module | None]) -> None:
+def checked(context: RunContext, models: dict[str, nn.Module | None], distilled: tuple[str, str] | None = None
+            ) -> None:
+    """The regime's models on two training samples; with ``distilled`` = (student, teacher) names of ``models``,
+    also the recipe's objective between those two, before any of them trains."""
     require_classifier(context.data, context.config.mode.kind)
     check_outputs(models, context.data)
+    if distilled is not None and context.config.objective is not None:
+        from distill.data.tokens import probe_batch
+        from distill.objective import Objective
+        from distill.trainer import probe_objective
+
+        student, teacher = (models[name] for name in distilled)
+        probe_objective(student, Objective(context.config.objective), teacher, probe_batch(context.data.train))
 
 
 def teacher_stages(config: Any, name: str = "teacher", train: Any = None, data: str = "data") -> list[Stage]:

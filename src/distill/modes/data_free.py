@@ -173,7 +173,8 @@ def plan(config: Recipe, mode: DataFreeMode, given: set[str]) -> list[Stage]:
         if mode.method == "deep_inversion":
             require_batch_norm(context["teacher"])  # before training it, not after
         context.artifacts["student"] = build_mode_student(context)
-        checked(context, {"teacher": context["teacher"], "student": context["student"]})
+        checked(context, {"teacher": context["teacher"], "student": context["student"]},
+                distilled=("student", "teacher") if mode.method == "deep_inversion" else None)
 
     stages = [prepare_stage("build teacher and student; check them", prepare, ("teacher", "student"), given),
               *teacher_stages(config)]

@@ -76,7 +76,8 @@ def plan(config: Recipe, mode: TransferSetMode, given: set[str]) -> list[Stage]:
         _datasets(context, mode)
         context.artifacts["teacher"] = build_mode_teacher(context)
         context.artifacts["student"] = build_mode_student(context)
-        checked(context, {"teacher": context["teacher"], "student": context["student"]})
+        checked(context, {"teacher": context["teacher"], "student": context["student"]},
+                distilled=("student", "teacher"))
 
     return [prepare_stage("keep the labels of a stratified share of the training set; build teacher and student",
                           prepare, ("student-data", "labelled-data", "counts", "teacher", "student"), given),
