@@ -4,8 +4,11 @@ Setting (Hinton et al. 2015, MNIST): teacher MLP 784-1200-1200-10 (dropout 0.5, 
 student MLP 784-800-800-10, a fixed 10,000-sample subset of the MNIST training split, batch 100, SGD momentum 0.9
 nesterov, constant lr 0.05, KD objective alpha=0.9, T=20 (soft_kl + cross_entropy), fp32 on CPU.
 
-Three loops, each from scratch (fresh student, optimizer and data loader; ``fit`` gets a fresh run_dir). Per-step
-time, by default (``--method window``): a run of 10 + S steps takes a timestamp after every optimizer step (in ``fit``
+Three loops, each from scratch (fresh student, optimizer and data loader; ``fit`` gets a fresh run_dir). By
+default (``--method interleave``) they run side by side in one process: after every ``--block`` steps of one ``fit``
+call (from inside its scheduler step), as many steps of the hand loop and of the CE loop, in an order that
+alternates block by block, each loop timed over its own segments only (see ``interleaved_ms``). With
+``--method window``: a run of 10 + S steps takes a timestamp after every optimizer step (in ``fit``
 from inside ``scheduler.step()``, by wrapping ``lr_multiplier``, whose LambdaLR calls it once a step; in the hand
 loops right after ``zero_grad``), and per-step = (stamp[10 + S] - stamp[10]) / S. So setup (Accelerator, prepare,
 probe batch) and the final checkpoint are left out, while everything between two optimizer steps is counted: data
@@ -25,7 +28,7 @@ machine may be shared: a round starts only once other processes leave the CPUs i
 used more than 5% of the CPUs (from /proc/stat) is discarded and run again.
 
     .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--steps 100] [--threads N]
-        [--method window|difference] [--quick]
+        [--method interleave|window|difference] [--block 5] [--quick]
 """
 
 from __future__ import annotations
