@@ -9,6 +9,7 @@ import torch
 import distill
 from distill.augment import batch_generator, random_shift
 from distill.config import ObjectiveConfig, load_recipe
+from distill.config.loss_catalog import CATALOG_FILE, entries, entry, render_catalog
 from distill.errors import DistillError
 from distill.losses.registry import LOSSES
 from distill.objective import Objective
@@ -55,14 +56,32 @@ def test_every_loss_accepts_its_own_defaults_and_declares_its_numeric_options():
     untyped = []
     for name, info in LOSSES.items():
         hints = inspect.signature(info.fn).parameters
+        catalogued = entry(name)
         for option in info.settable:
             default = info.options[option]
             if default is not inspect.Parameter.empty:
-                info.check_option(option, default)
+                catalogued.check_option(option, default)
             if hints[option].annotation in ("float", "int", float, int):
                 untyped.append(f"{name}.{option}")
     # a bare float/int declares no range: every numeric option says what it accepts (or is an index)
     assert sorted(untyped) == ["cross_entropy.ignore_index", "peer_kl.peer"]
+
+
+def test_the_loss_catalog_is_generated_from_the_registry():
+    assert CATALOG_FILE.read_text() == render_catalog(), (
+        "src/distill/config/loss_catalog.json is out of date: run .venv/bin/python -m distill.config.loss_catalog")
+    assert set(entries()) == set(LOSSES)
+
+
+def test_distill_check_reads_a_recipe_without_importing_torch():
+    import subprocess
+    import sys
+
+    script = ("import sys; from click.testing import CliRunner; from distill.cli import main; "
+              "result = CliRunner().invoke(main, ['check', 'llm-tiny']); "
+              "print(result.exit_code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert shown.stdout.split() == ["0", "False", "False"]
 
 
 def test_a_bad_module_path_fails_before_the_teacher_trains(tmp_path):

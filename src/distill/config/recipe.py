@@ -75,9 +75,9 @@ class Recipe(StrictSection):
         return self
 
     def needs_teacher(self) -> bool:
-        from distill.losses import get_loss
+        from distill.config.loss_catalog import entry
 
-        return self.objective is not None and any(get_loss(term.loss).needs_teacher for term in self.objective.terms)
+        return self.objective is not None and any(entry(term.loss).needs_teacher for term in self.objective.terms)
 
     @property
     def has_student(self) -> bool:

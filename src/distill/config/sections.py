@@ -217,10 +217,10 @@ class TermConfig(StrictSection):
 
     @model_validator(mode="after")
     def _known_loss(self) -> "TermConfig":
-        from distill.losses import get_loss
+        from distill.config.loss_catalog import entry
 
         try:
-            info = get_loss(self.loss)
+            info = entry(self.loss)
         except DistillError as error:
             raise ValueError(str(error)) from None
         if self.temperature is not None and "temperature" not in info.options:

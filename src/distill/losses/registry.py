@@ -14,8 +14,9 @@ the loss declares next to its definition, so no list elsewhere has to be kept in
 
 An option's annotation is also its check: ``temperature: Positive``, ``beta: UnitInterval``,
 ``divergence: Literal[...]``, ``top_k: PositiveInt | None``. A recipe's option values are validated against
-them (pydantic, no infinities or NaN) when the recipe is read, before anything is built. Options the run
-supplies itself (``mask``, ``normalizer``) are not for recipes.
+them (pydantic, no infinities or NaN) when the recipe is read, before anything is built, through
+``distill/config/loss_catalog.json``, generated from this registry (so reading a recipe imports no torch; a test
+fails when it is out of date). Options the run supplies itself (``mask``, ``normalizer``) are not for recipes.
 
 This module imports no loss, so every loss module can import it.
 """
@@ -23,9 +24,7 @@ This module imports no loss, so every loss module can import it.
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
-import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, TypeVar
 
@@ -64,27 +63,6 @@ class LossInfo:
     def settable(self) -> list[str]:
         """The options a recipe term may set (the others are filled in by the run)."""
         return [name for name in self.options if name not in RUNTIME_OPTIONS]
-
-    def check_option(self, option: str, value: Any) -> None:
-        """Raise ValueError naming the option when ``value`` does not fit its annotation (type, range, choices;
-        floats must be finite)."""
-        from pydantic import ValidationError
-
-        try:
-            _option_validator(self.fn, option).validate_python(value)
-        except ValidationError as error:
-            problem = error.errors()[0]["msg"].removeprefix("Input ").removeprefix("Value error, ")
-            raise ValueError(f"loss {self.name!r}: option {option!r} {problem} (got {value!r})") from None
-
-
-@functools.lru_cache(maxsize=None)
-def _option_validator(fn: Callable[..., Any], option: str) -> Any:
-    """A pydantic TypeAdapter for one keyword-only parameter, built on first use (pydantic is slow to import and
-    the losses are imported by every command)."""
-    from pydantic import ConfigDict, TypeAdapter
-
-    annotation = typing.get_type_hints(fn, include_extras=True).get(option, Any)
-    return TypeAdapter(annotation, config=ConfigDict(allow_inf_nan=False, arbitrary_types_allowed=True))
 
 
 LOSSES: dict[str, LossInfo] = {}
