@@ -173,3 +173,12 @@ def test_a_local_gguf_file_or_a_folder_holding_one_is_a_model_path(tmp_path, mon
     (checkpoint.parent / "config.json").write_text("{}")  # a Hugging Face folder wins over a stray .gguf
     assert model_sources.resolve_hf_path(str(checkpoint.parent)) == str(checkpoint.parent)
     assert model_sources.resolve_hf_path("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_a_student_derived_from_the_teacher_is_probed_before_the_teacher_trains(tmp_path):
+    with pytest.raises(DistillError) as caught:
+        distill.train("llm-tiny", output=tmp_path / "run", show_progress=False,
+                      overrides=["baseline=false", "student={from_teacher: {layers: [0, 3]}}",
+                                 "objective.terms=[{loss: hint, student: model.layers.1, teacher: model.layers.9}]"])
+    assert str(caught.value).startswith("objective term 'hint': the teacher has no module 'model.layers.9'")
+    assert not (tmp_path / "run" / "teacher").exists()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from distill.checkpoint import PARTIAL, check_writable, write_json_atomic
@@ -195,13 +196,17 @@ def _prepare(context: RunContext) -> None:
 def _probe_objective(context: RunContext) -> None:
     """The student's objective tried on the models as built, before the teacher trains: a term naming a module or
     signal a model lacks, or signals no projection can reconcile, fails now rather than after the teacher's
-    stage. A student derived from the teacher is checked in ``pair``, once it exists."""
+    stage. A student derived from the teacher is derived from the untrained one for the probe, then dropped (the
+    run derives it again from the trained teacher in ``pair``)."""
     config, data, artifacts = context.config, context.data, context.artifacts
-    student = artifacts.get("student")
-    if config.objective is None or student is None:
-        return
     cache = config.teacher.cache is not None
     teacher = artifacts.get("teacher-cache") if cache else artifacts.get("teacher")
+    student = artifacts.get("student")
+    if student is None and config.student.from_teacher is not None and artifacts.get("teacher") is not None:
+        with torch.random.fork_rng(devices=[]):
+            student = build_student(config, data, artifacts["teacher"])
+    if config.objective is None or student is None:
+        return
     if teacher is None and config.needs_teacher():
         return  # refused by the plan already; nothing to probe against
     objective = config.objective
