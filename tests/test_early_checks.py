@@ -182,3 +182,11 @@ def test_a_student_derived_from_the_teacher_is_probed_before_the_teacher_trains(
                                  "objective.terms=[{loss: hint, student: model.layers.1, teacher: model.layers.9}]"])
     assert str(caught.value).startswith("objective term 'hint': the teacher has no module 'model.layers.9'")
     assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_multi_teacher_checks_its_objective_against_the_combined_teachers_before_they_train(tmp_path):
+    with pytest.raises(DistillError) as caught:
+        distill.train("mnist1d-multi-teacher", output=tmp_path / "run", show_progress=False,
+                      overrides=[*_terms("{loss: hint, student: features.0, teacher: cnn.features.9}")])
+    assert "objective term 'hint': the teacher has no module" in str(caught.value)
+    assert not list(tmp_path.glob("run/teacher-*"))

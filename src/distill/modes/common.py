@@ -75,13 +75,20 @@ def checked(context: RunContext, models: dict[str, nn.Module | None], distilled:
     also the recipe's objective between those two, before any of them trains."""
     require_classifier(context.data, context.config.mode.kind)
     check_outputs(models, context.data)
-    if distilled is not None and context.config.objective is not None:
-        from distill.data.tokens import probe_batch
-        from distill.objective import Objective
-        from distill.trainer import probe_objective
+    if distilled is not None:
+        probe_recipe_objective(context, *(models[name] for name in distilled))  # type: ignore[arg-type]
 
-        student, teacher = (models[name] for name in distilled)
-        probe_objective(student, Objective(context.config.objective), teacher, probe_batch(context.data.train))
+
+def probe_recipe_objective(context: RunContext, student: nn.Module, teacher: nn.Module) -> None:
+    """The recipe's objective tried between ``student`` and ``teacher`` as built, before either trains (see
+    ``distill.trainer.probe_objective``)."""
+    if context.config.objective is None:
+        return
+    from distill.data.tokens import probe_batch
+    from distill.objective import Objective
+    from distill.trainer import probe_objective
+
+    probe_objective(student, Objective(context.config.objective), teacher, probe_batch(context.data.train))
 
 
 def teacher_stages(config: Any, name: str = "teacher", train: Any = None, data: str = "data") -> list[Stage]:

@@ -4,6 +4,8 @@ teacher's own outputs stay addressable as signals ``<name>`` and ``<name>.<modul
 
 from __future__ import annotations
 
+from torch import nn
+
 from distill.config import MultiTeacherMode, Recipe
 from distill.models import TEACHER_SEED_OFFSET, build_seeded
 from distill.modes.common import (
@@ -15,6 +17,7 @@ from distill.modes.common import (
     finish_stage,
     freeze,
     prepare_stage,
+    probe_recipe_objective,
 )
 from distill.stages import RunContext, Stage
 from distill.training_stage import train_stage
@@ -31,11 +34,17 @@ def plan(config: Recipe, mode: MultiTeacherMode, given: set[str]) -> list[Stage]
         # every teacher, and the student, must speak the data's label set: checked before anything trains
         checked(context, {f"teacher {spec.name!r}": context[name] for name, spec in zip(names, mode.teachers)}
                 | {"student": context["student"]})
+        # the objective against the teachers combined as they are now (untrained), before any of them trains
+        probe_recipe_objective(context, context["student"], ensemble({spec.name: context[name]
+                                                                      for name, spec in zip(names, mode.teachers)}))
+
+    def ensemble(members: dict[str, nn.Module]) -> ProbabilityEnsemble:
+        return ProbabilityEnsemble(members, temperature=config.objective.temperature, weights=mode.weights,
+                                   combine=mode.combine)
 
     def combine(context: RunContext) -> None:
         members = {spec.name: freeze(context[name]) for name, spec in zip(names, mode.teachers)}
-        context.artifacts["teacher"] = freeze(ProbabilityEnsemble(
-            members, temperature=config.objective.temperature, weights=mode.weights, combine=mode.combine))
+        context.artifacts["teacher"] = freeze(ensemble(members))
 
     stages = [prepare_stage("build every teacher and the student; check them", prepare, (*names, "student"), given)]
     stages += [train_stage(name, model=name, does=f"train teacher {spec.name!r} on hard labels", training=spec.train,
