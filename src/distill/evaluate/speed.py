@@ -17,23 +17,11 @@ from torch import Tensor
 from distill.models import forward_logits
 
 
-@torch.no_grad()
 def latency_ms(model: torch.nn.Module, batch: dict[str, Tensor], *, runs: int = 30,
                warmup: int = 5) -> dict[str, float]:
-    """Median and p95 wall time of one forward pass on ``batch`` (eval mode), after ``warmup`` untimed passes."""
-    was_training = model.training
-    model.eval()
-    for _ in range(warmup):
-        forward_logits(model, batch)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        forward_logits(model, batch)
-        timings.append((time.perf_counter() - start) * 1000)
-    model.train(was_training)
-    timings.sort()
-    return {"median": statistics.median(timings), "p95": timings[min(len(timings) - 1, int(0.95 * len(timings)))],
-            "runs": runs, "threads": torch.get_num_threads(), "batch_size": int(next(iter(batch.values())).shape[0])}
+    """Median and p95 wall time of one forward pass on ``batch`` (eval mode), after ``warmup`` untimed passes:
+    ``interleaved_latency_ms`` of one model."""
+    return interleaved_latency_ms({"model": model}, batch, runs=runs, warmup=warmup)[0]["model"]
 
 
 # Rounds the timed runs are split into to see whether the machine's load changed under them, and the spread of
