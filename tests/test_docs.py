@@ -76,6 +76,12 @@ DECISIONS: dict[str, Any] = {
     "make demo": Skip("installs the pinned environment and trains for minutes; its recipe is planned below "
                       "(distill train hinton-mnist ... --plan)"),
     "make test": Skip("the whole test suite, of which this file is a part"),
+    "distill train my-texts.yaml --output runs/texts":
+        Skip("tickets.csv is the reader's own file; tests/test_text_classification.py runs this path on a CSV it "
+             "writes, and the built-in text-classification recipe on a local encoder"),
+    "python -c from transformers import pipeline; print(pipeline('text-classification', "
+    "model='runs/texts/student')('my printer is on fire'))":
+        Skip("reads the run above; tests/test_text_classification.py loads exported students with pipeline()"),
     "distill recipes": RUN,
     "distill check my-kd.yaml --explain": RUN,
     "distill train my-kd.yaml --output runs/kd": FIXTURE,

@@ -260,7 +260,7 @@ def test_assignment_is_checked_too():
 
 # --------------------------------------------------------------------------------------------------- suggestions
 @pytest.mark.parametrize("override, expected", [
-    ("data.text=1", "unknown key 'data.text'"),                 # not "did you mean 'exits'" (mode.exits)
+    ("data.momentum=1", "unknown key 'data.momentum'"),         # not "did you mean 'momentum'" (training's)
     ("data.datset=mnist", "unknown key 'data.datset'; did you mean 'dataset'?"),
     ("teacher.model.hiden=[3]", "unknown key 'teacher.model.hiden'; did you mean 'hidden'?"),
     ("teacher.model.chanels=[3]", "unknown key 'teacher.model.chanels'"),   # an MLP has no channels

@@ -17,8 +17,7 @@ WORDS = ["the", "and", "of", "to", "he", "lord", "god", "said", "unto", "his", "
 @pytest.fixture()
 def tiny_encoder(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)})  # not vocab_file (v5)
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                                  intermediate_size=64, max_position_embeddings=64))

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from distill.data.tokens import TEACHER_PREFIX
 from distill.errors import DistillError
 
 _INDEXED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>-?\d+)\]$")
@@ -116,7 +117,10 @@ class SignalCapture:
 
     @property
     def needs_hidden_states(self) -> bool:
-        return any(spec.attribute == "hidden_states" for spec in self.specs)
+        # a classifier (a model with a head) returns no last_hidden_state: mean_pooled reads its last hidden states
+        headed = getattr(self.model, "base_model", self.model) is not self.model
+        return any(spec.attribute == "hidden_states" or (spec.kind == "mean_pooled" and headed)
+                   for spec in self.specs)
 
     @property
     def needs_final_hidden(self) -> bool:
@@ -147,7 +151,8 @@ class SignalCapture:
                 extra["output_hidden_states"] = True
             if self.needs_attentions:
                 extra["output_attentions"] = True
-            inputs = {key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS}
+            inputs = {key: value for key, value in batch.items()
+                      if key not in NOT_MODEL_INPUTS and not key.startswith(TEACHER_PREFIX)}
             if self.needs_final_hidden:
                 head = _output_head(model, self.role)
                 output = model.get_decoder()(**inputs, **extra)
@@ -165,7 +170,9 @@ class SignalCapture:
             elif spec.kind == "module":
                 signals[spec.name] = self._captured[spec.name]
             elif spec.kind == "mean_pooled":
-                hidden = _output_attribute(output, "last_hidden_state", self.role)
+                hidden = (output.hidden_states[-1] if getattr(output, "last_hidden_state", None) is None
+                          and getattr(output, "hidden_states", None) else
+                          _output_attribute(output, "last_hidden_state", self.role))
                 mask = batch.get("attention_mask")
                 mask = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask
                 weights = mask.unsqueeze(-1).to(hidden.dtype)

@@ -64,10 +64,14 @@ def check_fits_in_memory(config: Any, dtype: str, what: str, available: int | No
 # --------------------------------------------------------------------------------------------- building
 
 
-def build_from_config(spec: HFConfigSpec, *, vocab_size: int | None = None) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def build_from_config(spec: HFConfigSpec, *, vocab_size: int | None = None, num_classes: int | None = None
+                      ) -> nn.Module:
+    import transformers
+    from transformers import AutoConfig
 
     fields = dict(spec.config)
+    if spec.task == "sequence-classification" and num_classes is not None:
+        fields.setdefault("num_labels", num_classes)
     if "vocab_size" not in fields:
         if vocab_size is None:
             raise DistillError("an hf-config model needs config.vocab_size (or a tokenizer to take it from)")
@@ -76,8 +80,14 @@ def build_from_config(spec: HFConfigSpec, *, vocab_size: int | None = None) -> n
         config = AutoConfig.for_model(spec.architecture, **fields)
     except ValueError as error:
         raise DistillError(f"hf-config model: {error}".split("\n")[0]) from None
-    check_fits_in_memory(config, spec.dtype, f"the {spec.architecture} model built from config")
-    model = AutoModelForCausalLM.from_config(config)
+    if spec.task == "causal-lm":
+        check_fits_in_memory(config, spec.dtype, f"the {spec.architecture} model built from config")
+    from distill.config.specs import HF_AUTO_CLASSES
+
+    try:
+        model = getattr(transformers, HF_AUTO_CLASSES[spec.task]).from_config(config)
+    except ValueError as error:  # an architecture without this head
+        raise DistillError(f"hf-config model: {error}".split("\n")[0]) from None
     return model.to(getattr(torch, spec.dtype))
 
 

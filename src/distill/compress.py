@@ -66,7 +66,7 @@ def _quantize_stage(name: str, source: str, config: Recipe) -> Any:
 
     def run(context: Any) -> None:
         quantized = quantize_int8(context[source])
-        data = context.data
+        data = context.data.for_student()
         on_main(lambda: export_quantized(quantized, config.student.model, context.run_dir / name,
                                          input_shape=data.input_shape, num_classes=data.num_classes,
                                          class_names=data.class_names))
@@ -99,13 +99,14 @@ def _prune_stage(config: Recipe, has_teacher: bool) -> Any:
                 "max_steps": settings.finetune_steps, "epochs": None,
                 "lr": settings.finetune_lr or config.training.lr / 10, "warmup_steps": 0, "eval_every": None,
                 "checkpoint_every": None})
-            result = fit(pruned, context.data.train, objective=Objective(config.objective), training=training,
-                         stage=name, run_dir=context.run_dir, seed=config.seed, teacher=context.get("teacher"),
+            result = fit(pruned, context.data.for_student().train, objective=Objective(config.objective),
+                         training=training, stage=name, run_dir=context.run_dir, seed=config.seed,
+                         teacher=context.get("teacher"),
                          val_dataset=None, resume=context.resume, show_progress=context.show_progress)
             pruned = result.model
             info.update({"steps": result.steps, "wall_seconds": round(result.wall_seconds, 3)})
         make_pruning_permanent(pruned)
-        export_trained(pruned, spec, context, name, context.data)
+        export_trained(pruned, spec, context, name, context.data.for_student())
         info["sparsity"] = round(weight_sparsity(pruned), 6)
         _add_variant(context, name, pruned.eval(), info)
         return info

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from distill.checkpoint import writing
 from distill.config import CNNSpec, HFConfigSpec, HFSpec, MLPSpec, SavedSpec
+from distill.config.specs import HF_AUTO_CLASSES
 from distill.errors import DistillError
 from distill.model_sources import (
     check_hf_weights,
@@ -39,7 +40,7 @@ def build_model(spec: MLPSpec | CNNSpec | HFSpec | SavedSpec | HFConfigSpec, *, 
     if isinstance(spec, HFConfigSpec):
         from distill.causal_lm import build_from_config
 
-        return build_from_config(spec, vocab_size=vocab_size)
+        return build_from_config(spec, vocab_size=vocab_size, num_classes=num_classes)
     if isinstance(spec, (MLPSpec, CNNSpec)):
         return build_builtin(spec, input_shape=input_shape, num_classes=num_classes)
     if isinstance(spec, HFSpec):
@@ -49,12 +50,6 @@ def build_model(spec: MLPSpec | CNNSpec | HFSpec | SavedSpec | HFConfigSpec, *, 
     raise DistillError(f"unknown model spec {spec!r}")
 
 
-_HF_AUTO_CLASSES = {
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "masked-lm": "AutoModelForMaskedLM",
-    "base": "AutoModel",
-}
 
 
 def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
@@ -62,7 +57,7 @@ def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
 
     transformers.utils.logging.disable_progress_bar()
 
-    auto_class = getattr(transformers, _HF_AUTO_CLASSES[spec.task])
+    auto_class = getattr(transformers, HF_AUTO_CLASSES[spec.task])
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
     if spec.dtype != "float32":
         kwargs["dtype"] = spec.dtype if spec.dtype == "auto" else getattr(torch, spec.dtype)
@@ -215,7 +210,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in batch.items() if key not in ("labels", "sample_id")}
+    """What a model is called with: the batch less its labels, sample ids and the teacher's own tokenisation."""
+    from distill.data.tokens import TEACHER_PREFIX
+
+    return {key: value for key, value in batch.items()
+            if key not in ("labels", "sample_id") and not key.startswith(TEACHER_PREFIX)}
 
 
 def forward_logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:
@@ -271,11 +270,13 @@ def check_outputs(models: dict[str, nn.Module | None], data: Any) -> None:
         return  # not a classifier: the trainer's probe batch checks the signals instead
     from distill.data.tokens import probe_batch
 
-    probe = probe_batch(data.train)
+    student_data = data.for_student() if hasattr(data, "for_student") else data
     sizes = {}
     for name, model in models.items():
         if model is None:
             continue
+        # a student with its own tokenizer reads its own tokenisation of the texts
+        probe = probe_batch((data if name == "teacher" else student_data).train)
         was_training = model.training
         model.eval()
         try:

@@ -174,7 +174,13 @@ def _prepare(context: RunContext) -> None:
         artifacts["teacher"] = build_teacher(config, data)
     teacher = artifacts.get("teacher")
     if "student" not in artifacts and config.student.model is not None:  # a derived student waits for the teacher
-        artifacts["student"] = build_student(config, data, None)
+        artifacts["student"] = build_student(config, data.for_student(), None)
+    if config.data.is_text:
+        from distill.text_models import check_text_models
+
+        check_text_models(config, data, {"teacher": teacher, "student": artifacts.get("student")})
+        if config.teacher.cache is None:
+            artifacts["student-data"] = data.for_student()
     # one probe pass over the models that exist, before any of them trains
     check_outputs({"teacher": teacher, "student": artifacts.get("student")}, data)
     if language_model:
@@ -217,8 +223,7 @@ def _probe_objective(context: RunContext) -> None:
     from distill.data.tokens import probe_batch
     from distill.trainer import probe_objective
 
-    probe_objective(student, Objective(objective), teacher, probe_batch((artifacts["student-data"] if cache
-                                                                         else data).train))
+    probe_objective(student, Objective(objective), teacher, probe_batch(artifacts.get("student-data", data).train))
 
 
 def _pair(context: RunContext) -> None:
@@ -226,7 +231,7 @@ def _pair(context: RunContext) -> None:
     config, data, artifacts = context.config, context.data, context.artifacts
     teacher = artifacts.get("teacher")
     if "student" not in artifacts:
-        artifacts["student"] = build_student(config, data, teacher)
+        artifacts["student"] = build_student(config, data.for_student(), teacher)
         check_outputs({"teacher": teacher, "student": artifacts["student"]}, data)  # the others: in prepare
     student = artifacts["student"]
     objective_config = config.objective
@@ -289,9 +294,11 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
     built = [name for name in ("teacher", "student") if name not in given
              and (name == "teacher" and has_teacher or name == "student" and config.student.from_teacher is None)]
     cache = ("teacher-cache", "student-data") if config.teacher.cache is not None else ()
+    # text: the student may read the texts with its own tokenizer (data.student_tokenizer), so it has its own data
+    student_data = "student-data" if cache or config.data.is_text else "data"
     stages = [Stage("prepare", f"build {' and '.join(built) or 'nothing'}; check the models on two training samples"
                     + ("; open the teacher cache" if cache else ""), _prepare, reads=("data", *given),
-                    writes=(*built, *cache))]
+                    writes=(*built, *(cache or ("student-data",) * (student_data != "data"))))]
     if has_teacher and config.teacher.train is not None:
         stages.append(train_stage("teacher", model="teacher", does="train the teacher on "
                                   + ("next-token cross-entropy" if language_model else "hard labels"),
@@ -303,12 +310,12 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
                         writes=("student", "objective")))
     if config.baseline:
         stages.append(train_stage("baseline", model="student", copy_model=True, training=config.training,
-                                  seed=config.seed, spec=config.student.model,
+                                  seed=config.seed, spec=config.student.model, data=student_data,
                                   does="the student's architecture on hard labels alone, "
                                        "from the same initial weights"))
     stages.append(train_stage(
         "student", model="student", teacher="teacher-cache" if cache else ("teacher" if has_teacher else None),
-        data="student-data" if cache else "data", training=config.training, seed=config.seed,
+        data=student_data, training=config.training, seed=config.seed,
         spec=config.student.model, objective=lambda context: Objective(context["objective"]),
         does="distil the student with the recipe's objective" + (" from the teacher cache" if cache else "")))
     if config.compress is not None:

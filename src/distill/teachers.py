@@ -22,6 +22,7 @@ from distill.cache.format import (
 )
 from distill.capture import SignalCapture, TopKTeacher
 from distill.data.indexed import SAMPLE_ID
+from distill.data.tokens import teacher_view
 from distill.errors import DistillError
 
 
@@ -37,8 +38,8 @@ class LiveTeacher:
         self.capture = SignalCapture(model, names, role="teacher")
 
     def signals(self, batch: dict[str, Any], split: str = "train") -> dict[str, Tensor]:
-        with torch.no_grad():
-            return self.capture.forward(self.model, batch)
+        with torch.no_grad():  # the teacher reads its own tokenisation when the batch carries one
+            return self.capture.forward(self.model, teacher_view(batch))
 
     def remove(self) -> None:
         self.capture.remove()

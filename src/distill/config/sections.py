@@ -41,7 +41,8 @@ class LMDataConfig(StrictSection):
 class DataConfig(StrictSection):
     """Where examples come from. Either a built-in dataset (``dataset``) or a user's file (``path``)."""
     dataset: str | None = Field(None, description="Built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses, "
-                                "kjv-text (King James text packed into LM blocks). Exactly one of dataset and path "
+                                "kjv-genre (verse -> genre of its book, 6 classes), kjv-text (King James text packed "
+                                "into LM blocks). Exactly one of dataset and path "
                                 "is set (checked).")
     path: str | None = Field(None, description="Your own CSV / JSON(L) / parquet file, or a folder saved by "
                              "datasets; needs features and label, or lm for language-model text (checked).")
@@ -52,9 +53,12 @@ class DataConfig(StrictSection):
                                "save_to_disk folder); null: told from the file name.")
     features: str | list[str] | None = Field(None, description="Feature column(s) of a file dataset: numeric "
                                              "columns stacked into one vector, or one column holding a (nested) "
-                                             "list per row.")
+                                             "list per row. Not with text (checked).")
+    text: str | list[str] | None = Field(None, description="Text column of a file dataset (a list of two for "
+                                         "sentence pairs, e.g. [premise, hypothesis]): each model reads the texts "
+                                         "with its own tokenizer. Not with features (checked).")
     label: str | None = Field(None, description="Label column of a file dataset: non-negative integer ids, or "
-                              "strings (sorted into ids).")
+                              "strings (sorted into ids, the names kept as id2label of exported models).")
     val_size: float | None = Field(None, ge=0, description="Validation set carved from the training data: a count "
                                    "(>= 1) or a fraction (< 1); 0: none. Null: the dataset's default (MNIST's "
                                    "official 10,000; 10% of a file). Classification data only.")
@@ -66,6 +70,10 @@ class DataConfig(StrictSection):
     tokenizer: str | None = Field(None, description="Tokenizer of text and LM data: a hub id or folder, or "
                                   "builtin:kjv-bpe-N for LM data (null: the teacher's, when it is a Hugging Face "
                                   "model).")
+    student_tokenizer: str | None = Field(None, description="Tokenizer the student reads text data with, when it "
+                                          "is not the teacher's: a hub id or folder (null: a pretrained Hugging Face "
+                                          "student's own, when its folder has one, else data.tokenizer). The "
+                                          "teacher keeps its own tokenisation of the same texts.")
     max_length: int = Field(128, gt=0, description="Tokens per example of text data: longer texts are truncated "
                             "(counted); for LM data the block size, or the longest chat record.")
     lm: LMDataConfig | None = Field(None, description="Causal-LM data options; set it for a file of LM text or "
@@ -75,10 +83,21 @@ class DataConfig(StrictSection):
     def _one_source(self) -> "DataConfig":
         if (self.dataset is None) == (self.path is None):
             raise ValueError("give exactly one of data.dataset (a built-in dataset) or data.path (your own file)")
-        if self.path is not None and self.lm is None and (self.features is None or self.label is None):
-            raise ValueError("data.path needs data.features and data.label (the column names), or data.lm for "
-                             "language-model text")
+        if self.features is not None and self.text is not None:
+            raise ValueError("give data.features (numeric columns) or data.text (text columns), not both")
+        if self.path is not None and self.lm is None and (
+                (self.features is None and self.text is None) or self.label is None):
+            raise ValueError("data.path needs data.label and data.features (numeric columns) or data.text (text "
+                             "columns), or data.lm for language-model text")
+        if self.dataset is not None and (self.text is not None or self.features is not None):
+            raise ValueError("data.text and data.features name the columns of your own file (data.path); a "
+                             "built-in dataset has its own")
         return self
+
+    @property
+    def is_text(self) -> bool:
+        """Labelled or unlabelled text read by tokenizers (not LM blocks)."""
+        return self.text is not None or self.dataset in ("kjv-verses", "kjv-genre")
 
     @property
     def is_language_modeling(self) -> bool:

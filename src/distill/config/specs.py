@@ -8,6 +8,14 @@ from pydantic import Field
 
 from distill.config.base import StrictSection
 
+# The transformers Auto class each HF task is loaded or built with.
+HF_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+    "base": "AutoModel",
+}
+
 
 class MLPSpec(StrictSection):
     """A multilayer perceptron on flattened inputs."""
@@ -60,13 +68,16 @@ class SavedSpec(StrictSection):
 
 
 class HFConfigSpec(StrictSection):
-    """A fresh, randomly initialised Hugging Face causal LM built from a config: tiny models for tests and CI,
-    or a small student of your own shape. ``config`` holds fields of the architecture's config class
-    (``hidden_size``, ``num_hidden_layers``, ...); ``vocab_size`` defaults to the tokenizer's."""
+    """A fresh, randomly initialised Hugging Face model built from a config: tiny models for tests and CI, or a
+    small student of your own shape (a causal LM, or an encoder classifier such as a 2-layer BERT). ``config``
+    holds fields of the architecture's config class (``hidden_size``, ``num_hidden_layers``, ...); ``vocab_size``
+    defaults to the tokenizer's, and a classifier gets as many labels as the data has classes."""
     kind: Literal["hf-config"] = Field("hf-config", description="Selects this spec.")
-    architecture: str = Field("llama", description="The config's model_type: llama, qwen2, mistral, gpt2, ...")
-    task: Literal["causal-lm"] = Field("causal-lm", description="Always causal-lm: the model is built with "
-                                       "AutoModelForCausalLM.")
+    architecture: str = Field("llama", description="The config's model_type: llama, qwen2, mistral, gpt2 for "
+                              "causal LMs; bert, distilbert, roberta, ... for encoders.")
+    task: Literal["causal-lm", "sequence-classification", "masked-lm", "base"] = Field(
+        "causal-lm", description="Which head is built (the AutoModelFor... class, as for kind hf): causal-lm, "
+        "sequence-classification (labels from the data), masked-lm or base.")
     config: dict[str, Any] = Field(default_factory=dict, description="Fields of the architecture's config class, "
                                    "e.g. {hidden_size: 64, num_hidden_layers: 2}; vocab_size defaults to the "
                                    "tokenizer's.")

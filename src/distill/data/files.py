@@ -106,7 +106,7 @@ def pick_split(splits: dict, path: Path, prefer: tuple[str, ...]):
                        "rename the training split to 'train'.")
 
 
-def _check_columns(ds, needed: list[str], where: str) -> None:
+def check_columns(ds, needed: list[str], where: str) -> None:
     available = list(ds.column_names)
     for col in needed:
         if col not in available:
@@ -143,7 +143,9 @@ def _numeric(arr, name: str, where: str) -> np.ndarray:
         inner = _numeric(arr.flatten(), name, where)
         width = int(lengths[0]) if n else 0
         return inner.reshape((n, width) + inner.shape[1:])
-    raise DistillError(f"Feature column '{name}' in {where} holds {t} values, not numbers; "
+    is_text = pa.types.is_string(t) or pa.types.is_large_string(t)
+    text = " (text goes in data.text, not data.features)" if is_text else ""
+    raise DistillError(f"Feature column '{name}' in {where} holds {t} values, not numbers{text}; "
                        "features must be numeric columns or lists of numbers.")
 
 
@@ -188,7 +190,7 @@ def _raw_labels(ds, label: str, where: str):
     raise DistillError(f"Label column '{label}' in {where} holds {t} values; class labels must be integers or strings.")
 
 
-def _encode_labels(parts: list[tuple], label: str, class_label_names: list[str] | None):
+def encode_labels(parts: list[tuple], label: str, class_label_names: list[str] | None):
     """Map every split's labels to shared ids. parts: [(ds, where)]. Returns (id arrays, num_classes, class_names)."""
     raw = [_raw_labels(ds, label, where) for ds, where in parts]
     kinds = {k for k, _ in raw}
@@ -254,12 +256,12 @@ def _read_arrays(parts: dict[str, tuple], features: str | list[str], feature_lis
 
     ordered = list(parts.values())
     for ds, where in ordered:
-        _check_columns(ds, feature_list + [label], where)
+        check_columns(ds, feature_list + [label], where)
         if ds.num_rows == 0:
             raise DistillError(f"{where} has no rows; it needs at least one sample.")
     feat = parts["train"][0].features.get(label)
     class_label_names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else None
-    ids, num_classes, class_names = _encode_labels(ordered, label, class_label_names)
+    ids, num_classes, class_names = encode_labels(ordered, label, class_label_names)
     xs = [_features(ds, features, where) for ds, where in ordered]
     shapes = {x.shape[1:] for x in xs}
     if len(shapes) > 1:
@@ -268,11 +270,81 @@ def _read_arrays(parts: dict[str, tuple], features: str | list[str], feature_lis
     return {name: (x, y) for name, x, y in zip(parts, xs, ids)}, num_classes, class_names
 
 
-def _dataset_name(path: Path) -> str:
+def dataset_name(path: Path) -> str:
     name = path.name
     for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".jsonl", ".json", ".parquet", ".pq"):
         name = name[: -len(suffix)] if name.lower().endswith(suffix) and len(name) > len(suffix) else name
     return name
+
+
+@contextlib.contextmanager
+def file_parts(path: str | Path, test_path: str | Path | None, format: str | None,
+               cache_dir: str | Path | None = None):
+    """The splits of the user's file(s) the run uses, ``{train|test|val: (datasets.Dataset, where)}``, valid
+    inside the ``with`` block (``datasets`` may keep them in a temporary Arrow cache, removed afterwards)."""
+    path = _existing(path, "Data path")
+    fmt = infer_format(path, format)
+    tpath = _existing(test_path, "Test data path") if test_path is not None else None
+    tfmt = infer_format(tpath, format) if tpath is not None else None
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None:
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-datasets-",
+                                                                    ignore_cleanup_errors=True))
+        else:
+            cache = str(Path(cache_dir).expanduser())
+        yield _named_parts(path, fmt, tpath, tfmt, cache)
+
+
+def check_label_coverage(ids: dict[str, np.ndarray], wheres: dict[str, str], label: str,
+                         class_names: list[str] | None) -> None:
+    """Every class of the test and validation splits is one the training split has, and the training split has
+    two classes at least: a class never trained on cannot be predicted, and one class is nothing to learn."""
+    def name(value: int) -> str:
+        return repr(class_names[value]) if class_names is not None else str(value)
+
+    seen = set(np.unique(ids["train"]).tolist())
+    if len(seen) < 2:
+        only = f" (only {name(next(iter(seen)))})" if seen else ""
+        raise DistillError(f"Label column '{label}' in {wheres['train']} holds a single class{only}; classification "
+                           "needs at least two (for a numeric target use data.label_kind: regression).")
+    for part in ("test", "val"):
+        if part in ids:
+            unseen = sorted(set(np.unique(ids[part]).tolist()) - seen)
+            if unseen:
+                listed = ", ".join(name(value) for value in unseen[:5])
+                raise DistillError(f"Label(s) {listed} of column '{label}' appear in {wheres[part]} but never in the "
+                                   f"training data {wheres['train']}: a model cannot learn a class it never sees. "
+                                   "Add training examples of it, or drop those rows.")
+
+
+def take_rows(rows, indices: np.ndarray):
+    """``rows[indices]`` for a numpy array or a Python list (of texts)."""
+    if isinstance(rows, np.ndarray):
+        return rows[indices]
+    return [rows[int(index)] for index in indices]
+
+
+def split_rows(parts: dict[str, tuple], *, seed: int, val_size: int | float, test_size: int | float,
+               strata=None) -> dict[str, tuple]:
+    """``{train, val, test: (inputs, labels)}`` from the parts a file holds: a test split carved from the training
+    rows when there is none (stratified, the fixed TEST_SPLIT_SEED, the same for every run), a validation split
+    carved with ``seed`` when there is none (never from test). ``strata(labels)`` gives the groups stratified by
+    (default: the labels themselves)."""
+    strata = strata or (lambda labels: labels)
+    x, y = parts["train"]
+    if "test" in parts:
+        test_x, test_y = parts["test"]
+    else:
+        keep, take = split_indices(strata(y), resolve_size(test_size, len(y), "test_size"), TEST_SPLIT_SEED)
+        x, y, test_x, test_y = take_rows(x, keep), y[keep], take_rows(x, take), y[take]
+    if "val" in parts:
+        val_x, val_y = parts["val"]
+        order = np.random.default_rng(seed).permutation(len(y))  # same random order as when val is carved
+        x, y = take_rows(x, order), y[order]
+    else:
+        keep, take = split_indices(strata(y), resolve_size(val_size, len(y), "val_size"), seed)
+        x, y, val_x, val_y = take_rows(x, keep), y[keep], take_rows(x, take), y[take]
+    return {"train": (x, y), "val": (val_x, val_y), "test": (test_x, test_y)}
 
 
 def load_files(
@@ -299,34 +371,17 @@ def load_files(
     cache_dir: where `datasets` may write its Arrow cache; default a temporary folder removed afterwards.
     """
     feature_list = _feature_columns(features, label)
-    path = _existing(path, "Data path")
-    fmt = infer_format(path, format)
-    tpath = _existing(test_path, "Test data path") if test_path is not None else None
-    tfmt = infer_format(tpath, format) if tpath is not None else None
-    with contextlib.ExitStack() as stack:
-        if cache_dir is None:
-            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-datasets-",
-                                                                    ignore_cleanup_errors=True))
-        else:
-            cache = str(Path(cache_dir).expanduser())
-        arrays, num_classes, class_names = _read_arrays(_named_parts(path, fmt, tpath, tfmt, cache), features,
-                                                        feature_list, label)
-    x, y = arrays["train"]
-    if "test" in arrays:
-        test_x, test_y = arrays["test"]
-    else:
-        keep, take = split_indices(y, resolve_size(test_size, len(y), "test_size"), TEST_SPLIT_SEED)
-        x, y, test_x, test_y = x[keep], y[keep], x[take], y[take]
-    if "val" in arrays:
-        val_x, val_y = arrays["val"]
-        order = np.random.default_rng(seed).permutation(len(y))  # same random order as when val is carved
-        x, y = x[order], y[order]
-    else:
-        keep, take = split_indices(y, resolve_size(val_size, len(y), "val_size"), seed)
-        x, y, val_x, val_y = x[keep], y[keep], x[take], y[take]
-    return ArraySplits(name=_dataset_name(path), train_x=x, train_y=y, val_x=val_x, val_y=val_y, test_x=test_x,
-                       test_y=test_y, input_shape=tuple(int(d) for d in x.shape[1:]), num_classes=num_classes,
-                       class_names=class_names, source=str(path) + (f" (test: {tpath})" if tpath is not None else ""))
+    with file_parts(path, test_path, format, cache_dir) as parts:
+        arrays, num_classes, class_names = _read_arrays(parts, features, feature_list, label)
+        check_label_coverage({name: y for name, (_, y) in arrays.items()},
+                             {name: where for name, (_, where) in parts.items()}, label, class_names)
+    splits = split_rows(arrays, seed=seed, val_size=val_size, test_size=test_size)
+    (x, y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
+    location = Path(path).expanduser()
+    return ArraySplits(name=dataset_name(location), train_x=x, train_y=y, val_x=val_x, val_y=val_y,
+                       test_x=test_x, test_y=test_y, input_shape=tuple(int(d) for d in x.shape[1:]),
+                       num_classes=num_classes, class_names=class_names,
+                       source=str(location) + (f" (test: {Path(test_path).expanduser()})" if test_path else ""))
 
 
 def load_unlabelled_inputs(path: str | Path, *, features: str | list[str], format: str | None = None) -> np.ndarray:
@@ -339,5 +394,5 @@ def load_unlabelled_inputs(path: str | Path, *, features: str | list[str], forma
     with tempfile.TemporaryDirectory(prefix="distill-datasets-", ignore_cleanup_errors=True) as cache:
         splits = load_file_splits(location, infer_format(location, format), cache)
         table = pick_split(splits, location, ("train",))
-        _check_columns(table, feature_list, str(location))
+        check_columns(table, feature_list, str(location))
         return _features(table, features, str(location))

@@ -265,3 +265,31 @@ def kjv_lm_text(split: str | Sequence[Verse]) -> str:
                                "Valid splits are train, val, test.")
         split = split_by_book(load_kjv())[split]
     return "\n".join(verse_texts(split))
+
+
+# --------------------------------------------------------------------------------------------- genre task
+
+# The genre of each book, in the traditional grouping of the canon (Acts is history; Lamentations and Revelation
+# are read with the prophets). Six classes for the built-in text-classification task ``kjv-genre``.
+BOOK_GENRES: dict[str, str] = {
+    **{book: "law" for book in _BOOKS[:5]},
+    **{book: "history" for book in _BOOKS[5:17]}, "Acts": "history",
+    **{book: "wisdom" for book in ("Job", "Psalms", "Proverbs", "Ecclesiastes", "Song of Solomon")},
+    **{book: "prophets" for book in _BOOKS[22:39]}, "Revelation": "prophets",
+    **{book: "gospels" for book in ("Matthew", "Mark", "Luke", "John")},
+    **{book: "epistles" for book in _BOOKS[44:65]},
+}
+GENRES = ("epistles", "gospels", "history", "law", "prophets", "wisdom")  # sorted: the class ids
+
+# Held-out books of the genre task, chosen once so that every genre is tested on books the models never saw
+# (3,339 verses); the validation split is carved from the training verses, stratified.
+GENRE_TEST_BOOKS = ("Deuteronomy", "Ruth", "Nehemiah", "Esther", "Ecclesiastes", "Song of Solomon", "Lamentations",
+                    "Jonah", "Micah", "Habakkuk", "Mark", "Philippians", "James", "1 Peter", "Jude")
+
+
+def kjv_genre_examples(cache_dir: str | Path | None = None) -> dict[str, tuple[list[str], list[int]]]:
+    """``{"train", "test"}``: (verse texts, genre ids) of the genre task, test = ``GENRE_TEST_BOOKS``."""
+    ids = {genre: index for index, genre in enumerate(GENRES)}
+    splits = split_by_book(load_kjv(cache_dir), test_books=GENRE_TEST_BOOKS, val_books=[])
+    return {name: (verse_texts(verses), [ids[BOOK_GENRES[verse.book]] for verse in verses])
+            for name, verses in splits.items() if name != "val"}

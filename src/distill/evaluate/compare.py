@@ -27,6 +27,7 @@ from distill.evaluate.metrics import (
     macro_f1,
     mean_jsd_to_teacher,
     mean_kl_to_teacher,
+    per_class_f1,
 )
 from distill.evaluate.speed import interleaved_latency_ms, peak_forward_memory, size_on_disk
 from distill.models import count_parameters, forward_logits
@@ -120,6 +121,8 @@ def _quality(metrics: dict[str, Any], logits: dict[str, torch.Tensor], labels: t
             "ece": round(reliability["ece"], 6),
         })
         details[name] = {"confusion": confusion_matrix(model_logits, labels, num_classes).tolist(),
+                         "per_class_f1": [None if value is None else round(value, 6)
+                                          for value in per_class_f1(model_logits, labels, num_classes)],
                          "reliability": reliability}
         if "teacher" in logits and name != "teacher":
             inherited = inherited_errors(model_logits, logits["teacher"], labels)
@@ -154,21 +157,20 @@ def _comparisons(metrics: dict[str, Any], names: list[str]) -> None:
 
 def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
                     device: str | torch.device = "cpu", model_dirs: dict[str, Path] | None = None,
-                    show_progress: bool = False) -> dict[str, Any]:
+                    show_progress: bool = False, model_tests: dict[str, Dataset] | None = None) -> dict[str, Any]:
     """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts).
 
     ``models`` is ordered: teacher, baseline, student, then variants (``student_int8``, ...). ``model_dirs``
-    names each model's exported folder, for its size on disk."""
+    names each model's exported folder, for its size on disk. ``model_tests`` gives a model its own view of the
+    same test samples in the same order (text tokenised with its own tokenizer); the others read ``test``."""
     if len(test) == 0:  # type: ignore[arg-type]
         raise DistillError("the evaluation split is empty: there is nothing to evaluate on")
     if not models:
         raise DistillError("no models to evaluate")
     started = time.perf_counter()
-    batches = {
-        "latency": first_batch(test, evaluation.latency_batch_size, device),
-        "single": first_batch(test, 1, device),
-        "throughput": first_batch(test, evaluation.batch_size, device),
-    }
+    tests = {name: (model_tests or {}).get(name, test) for name in models}
+    batches = {kind: {name: first_batch(tests[name], size, device) for name in models} for kind, size in
+               (("latency", evaluation.latency_batch_size), ("single", 1), ("throughput", evaluation.batch_size))}
     logits: dict[str, torch.Tensor] = {}
     metrics: dict[str, Any] = {"models": list(models)}
     labels = torch.empty(0, dtype=torch.long)
@@ -180,11 +182,12 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
             progress.update(task, description=f"evaluating {name}")
             model.to(device)
             try:
-                logits[name], labels, throughput[name] = predict_timed(model, test, batch_size=evaluation.batch_size,
-                                                                       device=device)
+                logits[name], labels, throughput[name] = predict_timed(model, tests[name],
+                                                                       batch_size=evaluation.batch_size, device=device)
             except RuntimeError as error:  # shapes: a model meeting data it was not trained on
                 raise DistillError(f"the {name} cannot run on the evaluation inputs: {error}".split("\n")[0]) from None
-            memory[name] = peak_forward_memory(model, batches["throughput"], warmup=False)  # it just ran at this size
+            # it just ran at this size: no warm-up
+            memory[name] = peak_forward_memory(model, batches["throughput"][name], warmup=False)
             progress.advance(task)
         progress.update(task, description="timing the models side by side")
         rows, spread = _cost_rows(models, batches, throughput, memory, evaluation, model_dirs or {})
@@ -195,7 +198,8 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
     details = _quality(metrics, logits, labels, num_classes, evaluation)
     metrics.update({"test_size": int(labels.numel()), "num_classes": num_classes,
                     "latency_batch_size": evaluation.latency_batch_size,
-                    "throughput_batch_size": int(next(iter(batches["throughput"].values())).shape[0]),
+                    "throughput_batch_size": int(next(iter(next(iter(batches["throughput"].values())).values()))
+                                                 .shape[0]),
                     "latency_runs": evaluation.latency_runs, "latency_b1_runs": evaluation.latency_b1_runs,
                     "threads": torch.get_num_threads(), "device": str(torch.device(device)),
                     "latency_spread": None if spread is None else round(spread, 4)})

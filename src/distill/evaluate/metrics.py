@@ -49,15 +49,19 @@ def gap_recovered(*, teacher_errors: float, baseline_errors: float, student_erro
     return (baseline_errors - student_errors) / gap
 
 
-def macro_f1(logits: Tensor, labels: Tensor, num_classes: int | None = None) -> float:
-    """Unweighted mean over classes of F1; a class never predicted nor present counts as absent, not as 0."""
+def per_class_f1(logits: Tensor, labels: Tensor, num_classes: int | None = None) -> list[float | None]:
+    """F1 of each class (None for a class neither present nor predicted, which has no F1)."""
     num_classes = num_classes or int(logits.shape[-1])
     matrix = confusion_matrix(logits, labels, num_classes).double()
-    true_positive = matrix.diagonal()
     predicted, actual = matrix.sum(0), matrix.sum(1)
-    present = (predicted + actual) > 0
-    f1 = 2 * true_positive / (predicted + actual).clamp(min=1)
-    return f1[present].mean().item() if present.any() else 0.0
+    f1 = 2 * matrix.diagonal() / (predicted + actual).clamp(min=1)
+    return [float(value) if predicted[index] + actual[index] > 0 else None for index, value in enumerate(f1)]
+
+
+def macro_f1(logits: Tensor, labels: Tensor, num_classes: int | None = None) -> float:
+    """Unweighted mean over classes of F1; a class never predicted nor present counts as absent, not as 0."""
+    present = [value for value in per_class_f1(logits, labels, num_classes) if value is not None]
+    return sum(present) / len(present) if present else 0.0
 
 
 def confusion_matrix(logits: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:

@@ -31,32 +31,35 @@ NOISY_SPREAD = 0.2
 
 
 @torch.no_grad()
-def interleaved_latency_ms(models: dict[str, torch.nn.Module], batch: dict[str, Tensor], *, runs: int = 30,
+def interleaved_latency_ms(models: dict[str, torch.nn.Module], batch: dict[str, Any], *, runs: int = 30,
                            warmup: int = 5) -> tuple[dict[str, dict[str, float]], float | None]:
     """``latency_ms`` of several models measured side by side: each timed run passes every model once, in an order
     that rotates from run to run, so a load that comes and goes slows them all alike and cannot invert their
     ratio. Returns each model's figures and the spread: the runs are split into SPREAD_ROUNDS rounds in time
     order, each model's median per round divided by the first model's, and the spread is the largest
     (max / min - 1) of those ratios over the models (of the first model's own round medians when it is alone);
-    None with fewer than 20 runs."""
+    None with fewer than 20 runs. ``batch`` is one batch for all, or ``{model name: its batch}`` (models that read
+    the same samples in their own tokenisation)."""
     names = list(models)
+    per_model = set(batch) == set(names) and all(isinstance(value, dict) for value in batch.values())
+    batches = {name: batch[name] if per_model else batch for name in names}
     modes = {name: model.training for name, model in models.items()}
     for model in models.values():
         model.eval()
     for _ in range(warmup):
-        for model in models.values():
-            forward_logits(model, batch)
+        for name, model in models.items():
+            forward_logits(model, batches[name])
     timings: dict[str, list[float]] = {name: [] for name in names}
     for run in range(runs):
         for name in names[run % len(names):] + names[:run % len(names)]:
             start = time.perf_counter()
-            output = forward_logits(models[name], batch)
+            output = forward_logits(models[name], batches[name])
             if output.is_cuda:
                 torch.cuda.synchronize(output.device)
             timings[name].append((time.perf_counter() - start) * 1000)
     for name, model in models.items():
         model.train(modes[name])
-    size = int(next(iter(batch.values())).shape[0])
+    size = int(next(iter(batches[names[0]].values())).shape[0])
     figures = {name: {"median": statistics.median(values), "p95": sorted(values)[min(runs - 1, int(0.95 * runs))],
                       "runs": runs, "threads": torch.get_num_threads(), "batch_size": size}
                for name, values in timings.items()}

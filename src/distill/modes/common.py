@@ -74,6 +74,10 @@ def checked(context: RunContext, models: dict[str, nn.Module | None], distilled:
     """The regime's models on two training samples; with ``distilled`` = (student, teacher) names of ``models``,
     also the recipe's objective between those two, before any of them trains."""
     require_classifier(context.data, context.config.mode.kind)
+    if context.data.student_view is not None:
+        raise DistillError(f"mode {context.config.mode.kind!r}: the student reads the texts with a tokenizer of its "
+                           "own (data.student_tokenizer, or a pretrained student's folder); regimes run every model "
+                           "on one tokenisation. Use the teacher's tokenizer for the student, or a plain run")
     check_outputs(models, context.data)
     if distilled is not None:
         probe_recipe_objective(context, *(models[name] for name in distilled))  # type: ignore[arg-type]
