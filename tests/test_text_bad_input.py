@@ -6,9 +6,9 @@ import csv
 import pytest
 import yaml
 from click.testing import CliRunner
-from text_helpers import tiny_bert_classifier, topic_rows, write_csv
 
 from distill.cli import main
+from text_helpers import tiny_bert_classifier, topic_rows, write_csv
 
 
 @pytest.fixture(scope="module")
