@@ -181,6 +181,8 @@ def _prepare(context: RunContext) -> None:
         check_text_models(config, data, {"teacher": teacher, "student": artifacts.get("student")})
         if config.teacher.cache is None:
             artifacts["student-data"] = data.for_student()
+        if config.data.transfer is not None:
+            artifacts["transfer-data"] = _transfer_data(config, data, teacher)
     # one probe pass over the models that exist, before any of them trains
     check_outputs({"teacher": teacher, "student": artifacts.get("student")}, data)
     if language_model:
@@ -197,6 +199,24 @@ def _prepare(context: RunContext) -> None:
 
         artifacts["teacher-cache"], artifacts["student-data"] = cached_teacher_for_run(config, data, teacher)
     _probe_objective(context)
+
+
+def _transfer_data(config: Recipe, data: RunData, teacher: nn.Module | None) -> RunData:
+    """The student's training texts plus those only the teacher labels (``data.transfer``), tokenised as the
+    student reads them; validation and test stay the gold ones."""
+    from dataclasses import replace
+
+    from distill.data.text_transfer import IGNORED_LABEL, transfer_texts
+    from distill.data.tokens import TokenizedTexts
+
+    student_data = data.for_student()
+    gold = student_data.train
+    added, facts = transfer_texts(config, teacher, data.tokenizer, gold.texts, config.seed)
+    data.summary["transfer"] = facts
+    train = TokenizedTexts([*gold.texts, *added], gold.tokenizer, max_length=config.data.max_length,
+                           labels=[*gold.labels, *[IGNORED_LABEL] * len(added)],
+                           teacher_tokenizer=gold.teacher_tokenizer)
+    return replace(student_data, train=train)
 
 
 def _probe_objective(context: RunContext) -> None:
@@ -296,9 +316,13 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
     cache = ("teacher-cache", "student-data") if config.teacher.cache is not None else ()
     # text: the student may read the texts with its own tokenizer (data.student_tokenizer), so it has its own data
     student_data = "student-data" if cache or config.data.is_text else "data"
+    if config.data.transfer is not None and not config.needs_teacher():
+        raise DistillError("data.transfer adds texts only the teacher labels, and no objective term reads the "
+                           "teacher: add one (e.g. objective: {alpha: 0.8}), or drop data.transfer")
     stages = [Stage("prepare", f"build {' and '.join(built) or 'nothing'}; check the models on two training samples"
                     + ("; open the teacher cache" if cache else ""), _prepare, reads=("data", *given),
-                    writes=(*built, *(cache or ("student-data",) * (student_data != "data"))))]
+                    writes=(*built, *(cache or ("student-data",) * (student_data != "data")),
+                            *("transfer-data",) * (config.data.transfer is not None)))]
     if has_teacher and config.teacher.train is not None:
         stages.append(train_stage("teacher", model="teacher", does="train the teacher on "
                                   + ("next-token cross-entropy" if language_model else "hard labels"),
@@ -315,7 +339,8 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
                                        "from the same initial weights"))
     stages.append(train_stage(
         "student", model="student", teacher="teacher-cache" if cache else ("teacher" if has_teacher else None),
-        data=student_data, training=config.training, seed=config.seed,
+        data="transfer-data" if config.data.transfer is not None else student_data, training=config.training,
+        seed=config.seed,
         spec=config.student.model, objective=lambda context: Objective(context["objective"]),
         does="distil the student with the recipe's objective" + (" from the teacher cache" if cache else "")))
     if config.compress is not None:

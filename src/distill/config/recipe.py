@@ -60,6 +60,14 @@ class Recipe(StrictSection):
         return self
 
     @model_validator(mode="after")
+    def _transfer_in_plain_runs(self) -> "Recipe":
+        if self.data.transfer is not None and (self.mode is not None or self.teacher.cache is not None):
+            raise ValueError("data.transfer adds texts that the live teacher labels in a plain run; it does not go "
+                             "with " + ("a mode" if self.mode is not None else "teacher.cache (the cache holds no "
+                                        "outputs for those texts)"))
+        return self
+
+    @model_validator(mode="after")
     def _compress_classifiers_only(self) -> "Recipe":
         if self.compress is not None and self.data.is_language_modeling:
             raise ValueError("compress: int8 quantization and pruning are implemented for classifier students; a "

@@ -38,6 +38,31 @@ class LMDataConfig(StrictSection):
         "error", description="Chat records without an assistant turn: stop naming the record, or drop them (counted).")
 
 
+class TextTransferConfig(StrictSection):
+    """More training texts for the distilled student, labelled by the teacher alone (TinyBERT's augmented transfer
+    set): unlabelled in-domain texts from a file, and/or word-level augmented copies of the training texts. The
+    baseline and the teacher train on the gold texts only; a hard-label term skips these texts."""
+    path: str | None = Field(None, description="Unlabelled in-domain texts: a CSV / JSON(L) / parquet file or "
+                             "save_to_disk folder (no label column needed).")
+    text: str | list[str] | None = Field(None, description="Text column(s) of path (null: data.text).")
+    format: str | None = Field(None, description="File format of path, as data.format (null: told from the name).")
+    max_texts: int | None = Field(None, gt=0, description="Use at most this many texts of path, the first ones "
+                                  "(null: all).")
+    augment_copies: int = Field(0, ge=0, description="Augmented copies of each training text (0: none): words "
+                                "replaced by their nearest neighbours in the teacher's input embeddings (TinyBERT "
+                                "replaced words by GloVe neighbours and BERT MLM guesses).")
+    replace_probability: float = Field(0.4, gt=0, le=1, description="Chance that each replaceable word of a copy "
+                                       "is replaced (TinyBERT: 0.4).")
+    neighbours: int = Field(15, gt=0, description="A replacement is drawn from this many nearest neighbours "
+                            "(TinyBERT: 15).")
+
+    @model_validator(mode="after")
+    def _something(self) -> "TextTransferConfig":
+        if self.path is None and self.augment_copies == 0:
+            raise ValueError("data.transfer needs a path of unlabelled texts and/or augment_copies > 0")
+        return self
+
+
 class DataConfig(StrictSection):
     """Where examples come from. Either a built-in dataset (``dataset``) or a user's file (``path``)."""
     dataset: str | None = Field(None, description="Built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses, "
@@ -78,6 +103,10 @@ class DataConfig(StrictSection):
                             "(counted); for LM data the block size, or the longest chat record.")
     lm: LMDataConfig | None = Field(None, description="Causal-LM data options; set it for a file of LM text or "
                                     "chat records (kjv-text needs none).")
+    transfer: TextTransferConfig | None = Field(None, description="Labelled text only: more texts for the distilled "
+                                                "student, labelled by the teacher (unlabelled in-domain texts, "
+                                                "augmented copies); needs an objective term that reads the teacher "
+                                                "(checked).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -89,6 +118,8 @@ class DataConfig(StrictSection):
                 (self.features is None and self.text is None) or self.label is None):
             raise ValueError("data.path needs data.label and data.features (numeric columns) or data.text (text "
                              "columns), or data.lm for language-model text")
+        if self.transfer is not None and not (self.text is not None or self.dataset == "kjv-genre"):
+            raise ValueError("data.transfer adds texts to labelled text data (data.text, or kjv-genre)")
         if self.dataset is not None and (self.text is not None or self.features is not None):
             raise ValueError("data.text and data.features name the columns of your own file (data.path); a "
                              "built-in dataset has its own")

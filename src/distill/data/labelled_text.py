@@ -107,3 +107,14 @@ def read_labelled_texts(path: str | Path, *, text: str | list[str], label: str, 
                       labels={name: values for name, (_, values) in splits.items()}, num_classes=num_classes,
                       class_names=class_names, text_columns=columns,
                       source=str(location) + (f" (test: {Path(test_path).expanduser()})" if test_path else ""))
+
+
+def read_unlabelled_texts(path: str | Path, *, text: str | list[str], format: str | None = None) -> list[Text]:
+    """The texts (or pairs) of every row of a file's training split, for texts nobody has labels for."""
+    columns = text_columns(text)
+    with file_parts(path, None, format) as parts:
+        ds, where = parts["train"]
+        check_columns(ds, columns, where)
+        if ds.num_rows == 0:
+            raise DistillError(f"{where} has no rows; it needs at least one text.")
+        return _part_texts(ds, columns, where)
