@@ -62,7 +62,9 @@ def load_hf_model(spec: HFSpec, *, num_classes: int | None = None) -> nn.Module:
     if spec.dtype != "float32":
         kwargs["dtype"] = spec.dtype if spec.dtype == "auto" else getattr(torch, spec.dtype)
     if spec.task == "sequence-classification" and num_classes is not None:
-        kwargs["num_labels"] = num_classes
+        # a checkpoint's head for another label set is replaced by a fresh one for the data's (fine-tuning then
+        # trains it); the rest of the weights load as they are
+        kwargs.update(num_labels=num_classes, ignore_mismatched_sizes=True)
     name_or_path = resolve_hf_path(spec.name_or_path)
     local = Path(name_or_path)
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):

@@ -43,12 +43,14 @@ class Objective(nn.Module):
         self.adapters = nn.ModuleDict()
 
     @classmethod
-    def hard_labels(cls, language_model: bool = False) -> "Objective":
+    def hard_labels(cls, language_model: bool = False, target_kind: str = "class") -> "Objective":
         """Plain supervised training: what the teacher and the baseline student learn from (for causal LMs,
-        next-token cross-entropy computed chunk by chunk from the final hidden states)."""
+        next-token cross-entropy computed chunk by chunk from the final hidden states; binary cross-entropy for
+        multi-label data, mean squared error for regression)."""
         if language_model:
             return cls(ObjectiveConfig(terms=[TermConfig(name="hard", loss="token_ce", student="final_hidden")]))
-        return cls(ObjectiveConfig(terms=[TermConfig(name="hard", loss="cross_entropy")]))
+        loss = {"multi_label": "multilabel_bce", "regression": "regression_mse"}.get(target_kind, "cross_entropy")
+        return cls(ObjectiveConfig(terms=[TermConfig(name="hard", loss=loss)]))
 
     @property
     def needs_teacher(self) -> bool:

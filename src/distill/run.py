@@ -213,8 +213,11 @@ def _transfer_data(config: Recipe, data: RunData, teacher: nn.Module | None) -> 
     gold = student_data.train
     added, facts = transfer_texts(config, teacher, data.tokenizer, gold.texts, config.seed)
     data.summary["transfer"] = facts
+    # no gold label: ignored by cross_entropy (-100), NaN for the losses on float targets
+    ignored = {"class": IGNORED_LABEL, "regression": float("nan")}.get(
+        data.target_kind, [float("nan")] * (data.num_classes or 0))
     train = TokenizedTexts([*gold.texts, *added], gold.tokenizer, max_length=config.data.max_length,
-                           labels=[*gold.labels, *[IGNORED_LABEL] * len(added)],
+                           labels=[*gold.labels, *[ignored] * len(added)],
                            teacher_tokenizer=gold.teacher_tokenizer)
     return replace(student_data, train=train)
 

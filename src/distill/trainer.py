@@ -142,11 +142,14 @@ def validate(step_module: DistillationStep, teacher_signals_from: TeacherSource 
         for name, value in (("eval/loss", total), *((f"eval/loss/{key}", value) for key, value in terms.items())):
             sums[name] = sums.get(name, 0.0) + float(value) * size
         count += size
-        if "labels" in batch and "logits" in student_signals:
+        class_ids = "labels" in batch and batch["labels"].dim() == 1 and not batch["labels"].is_floating_point()
+        if class_ids and "logits" in student_signals:  # accuracy of single-label classifiers only
             correct += int((student_signals["logits"].argmax(-1) == batch["labels"]).sum())
     step_module.train()
     result = {name: round(value / max(count, 1), 6) for name, value in sums.items()}
-    if "labels" in dataset[0] and any(spec.kind == "logits" for spec in step_module.capture.specs):  # type: ignore[index]
+    first = dataset[0]  # type: ignore[index]
+    if ("labels" in first and first["labels"].dim() == 0 and not first["labels"].is_floating_point()
+            and any(spec.kind == "logits" for spec in step_module.capture.specs)):
         result["eval/accuracy"] = round(correct / max(count, 1), 6)
     return result
 

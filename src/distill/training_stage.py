@@ -18,7 +18,8 @@ ObjectiveSource = Callable[[RunContext], Objective] | Any | None
 def _objective(source: ObjectiveSource, context: RunContext) -> Objective:
     """A fresh objective each time (it owns the adapters it learns): hard labels when ``source`` is None."""
     if source is None:
-        return Objective.hard_labels(context.config.data.is_language_modeling)
+        data = context.config.data
+        return Objective.hard_labels(data.is_language_modeling, data.target_kind)
     if callable(source):
         return source(context)
     return Objective(source)
@@ -29,11 +30,16 @@ def export_trained(model: nn.Module, spec: Any, context: RunContext, name: str, 
     one, so the folder loads with ``from_pretrained`` as it is, and with the class names when the data has them
     (``id2label`` / ``label2id`` of a Hugging Face classifier, ``class_names`` in a built-in net's config)."""
     names = getattr(data, "class_names", None)
-    extra = None
+    kind = getattr(data, "target_kind", "class")
+    extra = None if kind == "class" else {"target_kind": kind}
+    if is_hf_model(model) and kind != "class":
+        # pipeline() reads it: a sigmoid per label for multi-label models, the raw number for regression
+        model.config.problem_type = {"multi_label": "multi_label_classification",  # type: ignore[union-attr]
+                                     "regression": "regression"}[kind]
     if names and is_hf_model(model):
         label_classes(model, names)
     elif names:
-        extra = {"class_names": list(names)}
+        extra = {**(extra or {}), "class_names": list(names)}
 
     def write() -> None:
         export_model(model, spec, context.run_dir / name, input_shape=data.input_shape, num_classes=data.num_classes,

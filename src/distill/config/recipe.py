@@ -18,6 +18,9 @@ from distill.config.sections import (
     TrainingConfig,
 )
 
+TASK_LOSSES = {"multi_label": {"soft_kl": "multilabel_kd", "cross_entropy": "multilabel_bce"},
+               "regression": {"soft_kl": "regression_kd", "cross_entropy": "regression_mse"}}
+
 
 class Recipe(StrictSection):
     """A whole distillation run."""
@@ -57,6 +60,22 @@ class Recipe(StrictSection):
                              "cached teacher outputs are for un-augmented inputs, so they would not match what the "
                              "student sees. Drop the augmentation, or set teacher.cache_allow_augmentation: true to "
                              "train with them anyway")
+        return self
+
+    @model_validator(mode="after")
+    def _task_losses(self) -> "Recipe":
+        """On multi-label or regression data, the classification losses are read as their counterparts (soft_kl
+        as multilabel_kd / regression_kd, cross_entropy as multilabel_bce / regression_mse), so the alpha
+        shortcut means the same mix on every kind of label."""
+        kind = self.data.target_kind
+        if kind == "class" or self.objective is None:
+            return self
+        counterparts = TASK_LOSSES[kind]
+        for term in self.objective.terms:
+            if term.loss in counterparts:
+                object.__setattr__(term, "loss", counterparts[term.loss])
+                if kind == "regression":  # regression_kd takes no temperature
+                    object.__setattr__(term, "temperature", None)
         return self
 
     @model_validator(mode="after")

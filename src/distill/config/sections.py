@@ -82,8 +82,13 @@ class DataConfig(StrictSection):
     text: str | list[str] | None = Field(None, description="Text column of a file dataset (a list of two for "
                                          "sentence pairs, e.g. [premise, hypothesis]): each model reads the texts "
                                          "with its own tokenizer. Not with features (checked).")
-    label: str | None = Field(None, description="Label column of a file dataset: non-negative integer ids, or "
-                              "strings (sorted into ids, the names kept as id2label of exported models).")
+    label: str | list[str] | None = Field(None, description="Label column of a file dataset: non-negative integer "
+                                          "ids, or strings (sorted into ids, the names kept as id2label of "
+                                          "exported models); a list of 0/1 columns for multi-label data; a numeric "
+                                          "column with label_kind regression.")
+    label_kind: Literal["auto", "class", "multi_label", "regression"] = Field(
+        "auto", description="What the label is: auto is multi_label for a list of columns, else class; regression "
+        "is a numeric target (one output, mean squared error, MAE/RMSE/R2 at evaluation).")
     val_size: float | None = Field(None, ge=0, description="Validation set carved from the training data: a count "
                                    "(>= 1) or a fraction (< 1); 0: none. Null: the dataset's default (MNIST's "
                                    "official 10,000; 10% of a file). Classification data only.")
@@ -124,6 +129,25 @@ class DataConfig(StrictSection):
             raise ValueError("data.text and data.features name the columns of your own file (data.path); a "
                              "built-in dataset has its own")
         return self
+
+    @model_validator(mode="after")
+    def _label_kind(self) -> "DataConfig":
+        several = isinstance(self.label, list)
+        if several and self.label_kind in ("class", "regression"):
+            raise ValueError(f"data.label lists several columns, which is multi-label data, not {self.label_kind}; "
+                             "give one column, or label_kind multi_label")
+        if self.label is not None and not several and self.label_kind == "multi_label":
+            raise ValueError("data.label_kind multi_label needs data.label to list the 0/1 label columns")
+        if several and (not self.label or len(set(self.label)) != len(self.label)):
+            raise ValueError("data.label: the multi-label columns must be a non-empty list of distinct names")
+        return self
+
+    @property
+    def target_kind(self) -> str:
+        """class, multi_label or regression."""
+        if self.label_kind != "auto":
+            return self.label_kind
+        return "multi_label" if isinstance(self.label, list) else "class"
 
     @property
     def is_text(self) -> bool:

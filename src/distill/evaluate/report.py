@@ -50,7 +50,8 @@ def evaluate_embeddings(models: dict[str, nn.Module], test: Dataset, *, evaluati
 
 # The terminal table's columns, most telling first: on a narrow terminal (or a log file, 80 columns) the last ones
 # go rather than every cell being cut to "37.8 …"; every column is in report.md / report.html.
-SHORT_HEADERS = {"errors": "errors", "perplexity": "ppl", "accuracy": "accuracy", "gap_recovered": "gap rec.",
+SHORT_HEADERS = {"errors": "errors", "perplexity": "ppl", "accuracy": "accuracy", "micro_f1": "micro-F1",
+                 "map": "mAP", "rmse": "RMSE", "r2": "R2", "gap_recovered": "gap rec.",
                  "agreement": "agrees", "latency_b1_ms": "ms@b1", "size_bytes": "size", "inherited_share": "inherits"}
 
 
@@ -126,8 +127,9 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     console = Console()
     console.print(summary_table(metrics))
     if metrics.get("gap_recovered") is not None:
+        measure = {"multi_label": "wrong labels", "regression": "MSE"}.get(metrics.get("target_kind"), "errors")
         console.print(f"gap recovered: {metrics['gap_recovered']:.1%}  "
-                      "(baseline errors - student errors) / (baseline errors - teacher errors)")
+                      f"(baseline {measure} - student {measure}) / (baseline {measure} - teacher {measure})")
     warning = baseline_warning(metrics)
     if warning is not None:
         console.print(f"[yellow]note:[/yellow] {warning}", markup=True)

@@ -33,7 +33,8 @@ def evaluate_run_models(config: Any, models: dict[str, nn.Module], data: Any, ru
         # the teacher reads the test texts with its tokenizer, the others with the student's (when it has its own)
         model_tests = {name: data.test if name == "teacher" else data.for_student().test for name in models}
         return evaluate_models(models, data.test, evaluation=config.evaluation, show_progress=show_progress,
-                               model_dirs=model_dirs, model_tests=model_tests)
+                               model_dirs=model_dirs, model_tests=model_tests,
+                               target_kind=getattr(data, "target_kind", "class"))
     from distill.evaluate.report import evaluate_embeddings
 
     return evaluate_embeddings(models, data.test, evaluation=config.evaluation)

@@ -32,6 +32,33 @@ def cross_entropy(student_logits: Tensor, labels: Tensor, *, ignore_index: int =
     return summed / (labels != ignore_index).sum().clamp_min(1)
 
 
+@register_loss("multilabel_bce")
+def multilabel_bce(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Hard-label loss of multi-label classification (objective 0 for multi-label data): binary cross-entropy of
+    each class's logit against its 0/1 label, mean over the labelled samples and classes. Samples whose labels are
+    NaN (texts only the teacher labels) do not count; a batch with none labelled gives 0."""
+    check_same_shape("multilabel_bce", student_logits, labels)
+    labelled = ~torch.isnan(labels).any(-1)
+    if not labelled.any():
+        return student_logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(student_logits[labelled].float(), labels[labelled].float())
+
+
+@register_loss("regression_mse")
+def regression_mse(student_predictions: Tensor, labels: Tensor) -> Tensor:
+    """Hard-label loss of regression (objective 0 for a numeric target): mean squared error between the
+    prediction ([B] or [B, 1]) and the target, over the samples with a target (NaN: none)."""
+    predictions = student_predictions.reshape(-1).float()
+    targets = labels.reshape(-1).float()
+    if predictions.shape != targets.shape:
+        raise ValueError(f"regression_mse: {tuple(student_predictions.shape)} predictions for {tuple(labels.shape)} "
+                         "targets; a regression model predicts one number per sample")
+    labelled = ~torch.isnan(targets)
+    if not labelled.any():
+        return predictions.sum() * 0.0
+    return F.mse_loss(predictions[labelled], targets[labelled])
+
+
 @register_loss("soft_kl", softens=True)
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: Positive = 1.0) -> Tensor:
     """Hinton et al. (2015) soft-target loss: KL(p_teacher^T || p_student^T) with ``batchmean`` reduction,
