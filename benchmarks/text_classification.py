@@ -19,6 +19,7 @@ Every run evaluates the teacher beside its students, so throughput ratios are me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -54,7 +55,8 @@ FRESH_STUDENT = ("{kind: hf-config, architecture: bert, task: sequence-classific
 def run_overrides(run: str, seed: int, args: argparse.Namespace, teacher_dir: Path) -> list[str]:
     common = [f"seed={seed}", f"data.train_subset={args.train_texts}", f"training.epochs={args.student_epochs}"]
     if run == "logits":
-        return [*common, f"teacher.train.epochs={args.teacher_epochs}"]
+        return [*common, f"teacher.train.epochs={args.teacher_epochs}",
+                *([f"teacher.train.lr={args.teacher_lr}"] if args.teacher_lr else [])]
     reuse = [*common, "teacher.train=null", f"teacher.model={{kind: hf, name_or_path: '{teacher_dir}'}}"]
     if run == "hidden":
         return [*reuse, "baseline=false", f"objective={HIDDEN_TERMS}"]
@@ -71,11 +73,15 @@ def main() -> None:
     parser.add_argument("--train-texts", type=int, default=3000, help="stratified sample of training verses")
     parser.add_argument("--teacher-epochs", type=float, default=2)
     parser.add_argument("--student-epochs", type=float, default=3)
+    parser.add_argument("--teacher-lr", type=float, default=None, help="the teacher's fine-tuning learning rate "
+                        "(default: the recipe's, 5e-5)")
     parser.add_argument("--rows", default="logits,hidden,augment", help="runs to make, of logits, hidden, augment, "
                         "fresh (logits always: it trains the teacher)")
     parser.add_argument("--output", default=None, help="keep run directories here (default: a temp dir); a "
                         "repeated call resumes and reuses what is finished")
     parser.add_argument("--name", default="text_classification", help="results file benchmarks/results/NAME.json")
+    parser.add_argument("--collect", action="store_true", help="train nothing: read the metrics.json of the runs "
+                        "under --output that have finished (seeds without a finished logits run are left out)")
     args = parser.parse_args()
 
     root = Path(args.output or tempfile.mkdtemp(prefix="text-bench-"))
@@ -85,10 +91,17 @@ def main() -> None:
         metrics = {}
         teacher_dir = root / f"seed{seed}" / "logits" / "teacher"
         for run in runs_wanted:
+            if args.collect:
+                finished = root / f"seed{seed}" / run / "metrics.json"
+                if finished.is_file():
+                    metrics[run] = json.loads(finished.read_text())
+                continue
             result = distill.train("text-classification", output=root / f"seed{seed}" / run, resume=True,
                                    overrides=run_overrides(run, seed, args, teacher_dir))
             metrics[run] = result.metrics
-        per_seed.append(metrics)
+        if "logits" in metrics:
+            per_seed.append(metrics)
+    args.seeds = len(per_seed)
 
     def values(row: str, key: str) -> list[float]:
         run, model, _ = ROWS[row]
@@ -135,8 +148,9 @@ def main() -> None:
             "beats_gold_by_2_std": margin > 2}
     print(f"goal (distilled 2-layer student): {goal}; margin over gold-only: {margin:.1f} std")
     path = write_results(args.name, {
-        "seeds": args.seeds, "train_texts": args.train_texts, "teacher_epochs": args.teacher_epochs,
-        "student_epochs": args.student_epochs, "rows": results, "goal": goal,
+        "teacher_lr": args.teacher_lr, "seeds": args.seeds,
+        "seeds_run": [metrics["logits"]["seed"] for metrics in per_seed], "train_texts": args.train_texts,
+        "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs, "rows": results, "goal": goal,
         "margin_over_gold_in_std": margin, "gap_recovered": [m["logits"]["gap_recovered"] for m in per_seed]})
     print(f"wrote {path}")
 

@@ -17,7 +17,7 @@ from distill.data.files import (
     file_parts,
     split_rows,
 )
-from distill.data.targets import label_columns, read_targets, strata
+from distill.data.targets import arrow_column, label_columns, read_targets, strata
 from distill.errors import DistillError
 
 Text = str | tuple[str, str]
@@ -54,9 +54,7 @@ def _column_texts(ds, column: str, where: str, pair_of: list[str]) -> list[str]:
     """One text column as Python strings, refused when it holds numbers or has empty rows (naming the first)."""
     import pyarrow as pa
 
-    values = ds.with_format("arrow")[:].column(column).combine_chunks()
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
+    values = arrow_column(ds, column)
     kind = values.type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_list(kind)

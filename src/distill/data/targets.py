@@ -12,9 +12,7 @@ def _raw_labels(ds, label: str, where: str):
     """('int', int64 array) or ('str', str array) for one split's label column."""
     import pyarrow as pa
 
-    arr = ds.with_format("arrow")[:].column(label).combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
+    arr = arrow_column(ds, label)
     if arr.null_count:
         raise DistillError(f"Label column '{label}' in {where} has {arr.null_count} missing values; "
                            "drop those rows first.")
@@ -77,7 +75,8 @@ def label_columns(label: str | list[str]) -> list[str]:
     return [label] if isinstance(label, str) else list(label)
 
 
-def _arrow_column(ds, column: str):
+def arrow_column(ds, column: str):
+    """One column of a datasets.Dataset as a single Arrow array, dictionary-encoded values decoded."""
     import pyarrow as pa
 
     values = ds.with_format("arrow")[:].column(column).combine_chunks()
@@ -87,7 +86,7 @@ def _arrow_column(ds, column: str):
 def _numbers(ds, column: str, where: str, what: str) -> np.ndarray:
     import pyarrow as pa
 
-    values = _arrow_column(ds, column)
+    values = arrow_column(ds, column)
     if values.null_count:
         raise DistillError(f"{what} column '{column}' in {where} has {values.null_count} missing values; drop "
                            "those rows first.")
