@@ -99,6 +99,8 @@ INPUTS: dict[str, Callable[[], tuple[Any, ...]]] = {
     "logit_mse": lambda: (_student_logits(), _teacher_logits()),
     "dkd": lambda: (_student_logits(), _teacher_logits(), _class_labels()),
     "multilabel_kd": lambda: (_student_logits(), _teacher_logits()),
+    "multilabel_bce": lambda: (_student_logits(), (_randn(18, *_student_logits().shape) > 0).float()),
+    "regression_mse": lambda: (_randn(19, BATCH, 1), _randn(20, BATCH)),
     "hint": _pair(_randn(10, BATCH, TOKENS, 6), _randn(11, BATCH, TOKENS, 6)),
     "cosine": _pair(_randn(10, BATCH, TOKENS, 6), _randn(11, BATCH, TOKENS, 6)),
     "attention_transfer": _pair(_randn(12, BATCH, 3, 4, 4), _randn(13, BATCH, 5, 4, 4)),
