@@ -37,9 +37,8 @@ def test_augmented_copies_replace_words_at_the_given_rate_and_keep_the_rest():
     neighbours = {"cat": ["kitten"], "dog": ["puppy"]}
     texts = ["The cat and the dog, 2 times."] * 400
     copies, facts = augment_texts(texts, neighbours, copies=1, probability=0.5, seed=0)
-    changed = [text for text in copies]
-    assert all(text.endswith(", 2 times.") and text.startswith("The ") for text in changed)
-    replaced = sum(text.count("kitten") + text.count("puppy") for text in changed)
+    assert all(text.endswith(", 2 times.") and text.startswith("The ") for text in copies)
+    replaced = sum(text.count("kitten") + text.count("puppy") for text in copies)
     assert 0.45 < replaced / (2 * 400) < 0.55  # each replaceable word with probability 0.5
     assert len(copies) == facts["augmented"] and len(copies) < 400  # copies with nothing replaced are dropped
     again, _ = augment_texts(texts, neighbours, copies=1, probability=0.5, seed=0)

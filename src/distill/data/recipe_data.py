@@ -158,17 +158,10 @@ def _load_labelled_text(recipe: Any) -> RunData:
 
 
 def _load_text(recipe: Any) -> RunData:
-    from transformers import AutoTokenizer
-
     from distill.data.text import load_kjv, split_by_book, verse_texts
     from distill.data.tokens import TokenizedTexts
-    from distill.model_sources import resolve_hf_path
 
-    source = tokenizer_source(recipe, f"the text dataset {recipe.data.dataset!r}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_hf_path(source))
-    except OSError as error:
-        raise DistillError(f"cannot load tokenizer {source!r}: {error}".split("\n")[0]) from None
+    tokenizer = auto_tokenizer(tokenizer_source(recipe, f"the text dataset {recipe.data.dataset!r}"))
     splits = split_by_book(load_kjv())
     datasets = {name: TokenizedTexts(verse_texts(verses), tokenizer, max_length=recipe.data.max_length)
                 for name, verses in splits.items()}
