@@ -54,8 +54,10 @@ FRESH_STUDENT = ("{kind: hf-config, architecture: bert, task: sequence-classific
 
 def run_overrides(run: str, seed: int, args: argparse.Namespace, teacher_dir: Path) -> list[str]:
     common = [f"seed={seed}", f"data.train_subset={args.train_texts}", f"training.epochs={args.student_epochs}"]
+    if run == "logits" and args.shared_teacher and seed != args.first_seed:
+        return [*common, "teacher.train=null", f"teacher.model={{kind: hf, name_or_path: '{teacher_dir}'}}"]
     if run == "logits":
-        return [*common, f"teacher.train.epochs={args.teacher_epochs}",
+        return [*common, *([f"teacher.train.epochs={args.teacher_epochs}"] if args.teacher_epochs else []),
                 *([f"teacher.train.lr={args.teacher_lr}"] if args.teacher_lr else [])]
     reuse = [*common, "teacher.train=null", f"teacher.model={{kind: hf, name_or_path: '{teacher_dir}'}}"]
     if run == "hidden":
@@ -71,30 +73,41 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--train-texts", type=int, default=3000, help="stratified sample of training verses")
-    parser.add_argument("--teacher-epochs", type=float, default=2)
+    parser.add_argument("--teacher-epochs", type=float, default=None, help="the teacher's fine-tuning epochs "
+                        "(default: the recipe's, 4)")
     parser.add_argument("--student-epochs", type=float, default=3)
     parser.add_argument("--teacher-lr", type=float, default=None, help="the teacher's fine-tuning learning rate "
-                        "(default: the recipe's, 5e-5)")
+                        "(default: the recipe's, 1e-4)")
     parser.add_argument("--rows", default="logits,hidden,augment", help="runs to make, of logits, hidden, augment, "
                         "fresh (logits always: it trains the teacher)")
+    parser.add_argument("--shared-teacher", action="store_true", help="fine-tune the teacher once (first seed) "
+                        "and distil every seed's students from it: the seeds then measure the students' spread only")
     parser.add_argument("--output", default=None, help="keep run directories here (default: a temp dir); a "
                         "repeated call resumes and reuses what is finished")
     parser.add_argument("--name", default="text_classification", help="results file benchmarks/results/NAME.json")
     parser.add_argument("--collect", action="store_true", help="train nothing: read the metrics.json of the runs "
                         "under --output that have finished (seeds without a finished logits run are left out)")
     args = parser.parse_args()
+    recipe_teacher = distill.load_recipe("text-classification").teacher.train
+    args.teacher_epochs = args.teacher_epochs or recipe_teacher.epochs
+    args.teacher_lr = args.teacher_lr or recipe_teacher.lr
 
     root = Path(args.output or tempfile.mkdtemp(prefix="text-bench-"))
     runs_wanted = ["logits", *[run for run in args.rows.split(",") if run and run != "logits"]]
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         metrics = {}
-        teacher_dir = root / f"seed{seed}" / "logits" / "teacher"
+        teacher_seed = args.first_seed if args.shared_teacher else seed
+        teacher_dir = root / f"seed{teacher_seed}" / "logits" / "teacher"
         for run in runs_wanted:
             if args.collect:
                 finished = root / f"seed{seed}" / run / "metrics.json"
                 if finished.is_file():
                     metrics[run] = json.loads(finished.read_text())
+                continue
+            finished = root / f"seed{seed}" / run / "metrics.json"
+            if finished.is_file():  # evaluated already: not evaluated again
+                metrics[run] = json.loads(finished.read_text())
                 continue
             result = distill.train("text-classification", output=root / f"seed{seed}" / run, resume=True,
                                    overrides=run_overrides(run, seed, args, teacher_dir))
@@ -148,7 +161,7 @@ def main() -> None:
             "beats_gold_by_2_std": margin > 2}
     print(f"goal (distilled 2-layer student): {goal}; margin over gold-only: {margin:.1f} std")
     path = write_results(args.name, {
-        "teacher_lr": args.teacher_lr, "seeds": args.seeds,
+        "teacher_lr": args.teacher_lr, "seeds": args.seeds, "shared_teacher": args.shared_teacher,
         "seeds_run": [metrics["logits"]["seed"] for metrics in per_seed], "train_texts": args.train_texts,
         "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs, "rows": results, "goal": goal,
         "margin_over_gold_in_std": margin, "gap_recovered": [m["logits"]["gap_recovered"] for m in per_seed]})

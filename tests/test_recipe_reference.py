@@ -56,7 +56,8 @@ def test_rows_show_dotted_paths_types_defaults_and_constraints():
     assert row_cells(markdown, "hidden")[1:4] == ["list[int]", "`[256]`", "`each > 0`"]
     assert "Used at: `teacher.model`, `student.model`" in markdown
     assert row_cells(markdown, "teacher.model")[1] == r"[model](#models) \| null"
-    assert "Also used at: `teacher.train`, `mode.teachers[].train`." in markdown
+    assert ("Also used at: `teacher.train`, `student.finetune`, `student.general.training`, "
+            "`mode.teachers[].train`.") in markdown
 
 
 def test_regimes_are_grouped_under_one_heading():

@@ -52,12 +52,14 @@ def word_tokenizer(folder: Path, words: list[str] | None = None) -> BertTokenize
 
 
 def tiny_bert_classifier(folder: Path, *, layers: int = 4, num_labels: int = 3, seed: int = 0,
-                         words: list[str] | None = None, positions: int = 64) -> Path:
-    """A randomly initialised 4-layer BERT classifier with its tokenizer, saved as a Hugging Face folder."""
+                         words: list[str] | None = None, positions: int = 64, initializer_range: float = 0.02) -> Path:
+    """A randomly initialised 4-layer BERT classifier with its tokenizer, saved as a Hugging Face folder (a larger
+    ``initializer_range`` makes blocks that change their inputs more, as a trained encoder's do)."""
     tokenizer = word_tokenizer(folder, words)
     torch.manual_seed(seed)
     model = BertForSequenceClassification(BertConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=positions, num_labels=num_labels))
+        intermediate_size=64, max_position_embeddings=positions, num_labels=num_labels,
+        initializer_range=initializer_range))
     model.save_pretrained(folder)
     return folder

@@ -111,6 +111,12 @@ def default_layers(num_layers: int, keep: int | None = None) -> list[int]:
     return [int(math.floor(i * step + 0.5)) for i in range(keep)]
 
 
+def chosen_layers(spec: Any, teacher: nn.Module) -> list[int]:
+    """The teacher blocks a ``student.from_teacher`` spec keeps, in order."""
+    return list(spec.layers) if spec.layers is not None else default_layers(len(find_layer_stack(teacher)[1]),
+                                                                              spec.keep)
+
+
 def _check_layers(layers: Any, num_layers: int) -> list[int]:
     try:
         items = list(layers)

@@ -248,14 +248,11 @@ def build_student(recipe: Any, data: Any, teacher: nn.Module | None) -> nn.Modul
     """The recipe's student: derived from the teacher's layers (``student.from_teacher``) or built from its spec,
     with ``student.freeze`` applied."""
     if recipe.student.from_teacher is not None:
-        from distill.derive import default_layers, derive_student, find_layer_stack
+        from distill.derive import chosen_layers, derive_student
 
         if teacher is None:
             raise DistillError("student.from_teacher needs a teacher")
-        layers = recipe.student.from_teacher.layers
-        if layers is None:
-            layers = default_layers(len(find_layer_stack(teacher)[1]), recipe.student.from_teacher.keep)
-        student = derive_student(teacher, layers).requires_grad_(True)
+        student = derive_student(teacher, chosen_layers(recipe.student.from_teacher, teacher)).requires_grad_(True)
     elif recipe.student.model is not None:
         student = build_seeded(recipe.student.model, data, recipe.seed, recipe.student.weights)
     else:

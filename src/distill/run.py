@@ -4,10 +4,12 @@ recipe -> validated config -> data -> a plan of stages (``plan`` here for a plai
 regime) -> ``distill.stages.run_stages``. The plain run's stages:
 
   prepare   build the teacher and the student, check them on two training samples (always runs)
+  general   general distillation on unlabelled text, before the teacher is fine-tuned (``student.general``)
   teacher   train the teacher on hard labels (when ``teacher.train`` is set)
   pair      derive the student from the trained teacher (``student.from_teacher``), check the pair
   baseline  the student's architecture on hard labels alone (when ``baseline: true``)
   student   the distilled student
+  student_finetuned  the distilled student fine-tuned on gold labels (``student.finetune``)
   compress  int8 / pruned variants (when ``compress:`` is set)
   evaluate  every model side by side -> ``metrics.json``
 """
@@ -49,6 +51,8 @@ from distill.stages import (
     run_stages,
 )
 from distill.training_stage import train_stage
+
+FINETUNED = "student_finetuned"  # distil, then fine-tune (student.finetune): its stage, folder and metrics row
 
 __all__ = ["RunData", "RunResult", "load_data", "plan", "train", "check_run_dir", "evaluate_run_models",
            "evaluation_task", "TEACHER_SEED_OFFSET"]
@@ -175,6 +179,9 @@ def _prepare(context: RunContext) -> None:
     teacher = artifacts.get("teacher")
     if "student" not in artifacts and config.student.model is not None:  # a derived student waits for the teacher
         artifacts["student"] = build_student(config, data.for_student(), None)
+    elif "student" not in artifacts and config.student.general is not None and teacher is not None:
+        # the general step distils from the teacher as loaded, so the student is derived from it before it trains
+        artifacts["student"] = build_student(config, data.for_student(), teacher)
     if config.data.is_text:
         from distill.text_models import check_text_models
 
@@ -183,6 +190,10 @@ def _prepare(context: RunContext) -> None:
             artifacts["student-data"] = data.for_student()
         if config.data.transfer is not None:
             artifacts["transfer-data"] = _transfer_data(config, data, teacher)
+        if config.student.general is not None:
+            from distill.general_distillation import general_data
+
+            artifacts["general-data"] = general_data(config, data)
     # one probe pass over the models that exist, before any of them trains
     check_outputs({"teacher": teacher, "student": artifacts.get("student")}, data)
     if language_model:
@@ -247,6 +258,11 @@ def _probe_objective(context: RunContext) -> None:
     from distill.trainer import probe_objective
 
     probe_objective(student, Objective(objective), teacher, probe_batch(artifacts.get("student-data", data).train))
+    if config.student.general is not None:
+        from distill.general_distillation import general_objective
+
+        probe_objective(student, Objective(general_objective(context)), teacher,
+                        probe_batch(artifacts["general-data"].train))
 
 
 def _pair(context: RunContext) -> None:
@@ -270,7 +286,8 @@ def _pair(context: RunContext) -> None:
 
 def _evaluate(context: RunContext) -> None:
     config, data, artifacts, run_dir = context.config, context.data, context.artifacts, context.run_dir
-    models = {name: artifacts[name] for name in ("teacher", "baseline", "student", *artifacts.get("variants", {}))
+    models = {name: artifacts[name] for name in ("teacher", "baseline", "student", FINETUNED,
+                                                 *artifacts.get("variants", {}))
               if artifacts.get(name) is not None}
     metrics = evaluate_run_models(config, models, data, run_dir, show_progress=context.show_progress,
                                   vocab_size=artifacts.get("vocab-size"))
@@ -279,7 +296,8 @@ def _evaluate(context: RunContext) -> None:
     metrics.update({
         "recipe": config.name, "seed": config.seed,
         "steps": context.stages.get("student", context.stages.get("teacher", {})).get("steps"),
-        "stages": {name: facts for name, facts in context.stages.items() if name in ("teacher", "baseline", "student")},
+        "stages": {name: facts for name, facts in context.stages.items()
+                   if name in ("general", "teacher", "baseline", "student", FINETUNED)},
         "data": data.summary, "wall_seconds": round(time.perf_counter() - context.started, 3),
     })
     on_main(lambda: write_json_atomic(run_dir / "metrics.json", metrics))
@@ -314,8 +332,13 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
         raise DistillError("teacher.model is not set and no teacher module was passed")
     language_model = config.data.is_language_modeling
     has_teacher = _has_teacher_model(config, set(given))
+    general = config.student.general is not None
+    if general and not has_teacher:
+        raise DistillError("student.general distils from the teacher's hidden states, and the run has no teacher "
+                           "model: set teacher.model (or pass a teacher)")
     built = [name for name in ("teacher", "student") if name not in given
-             and (name == "teacher" and has_teacher or name == "student" and config.student.from_teacher is None)]
+             and (name == "teacher" and has_teacher
+                  or name == "student" and (config.student.from_teacher is None or general))]
     cache = ("teacher-cache", "student-data") if config.teacher.cache is not None else ()
     # text: the student may read the texts with its own tokenizer (data.student_tokenizer), so it has its own data
     student_data = "student-data" if cache or config.data.is_text else "data"
@@ -325,7 +348,11 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
     stages = [Stage("prepare", f"build {' and '.join(built) or 'nothing'}; check the models on two training samples"
                     + ("; open the teacher cache" if cache else ""), _prepare, reads=("data", *given),
                     writes=(*built, *(cache or ("student-data",) * (student_data != "data")),
-                            *("transfer-data",) * (config.data.transfer is not None)))]
+                            *("transfer-data",) * (config.data.transfer is not None), *("general-data",) * general))]
+    if general:
+        from distill.general_distillation import general_stage
+
+        stages.append(general_stage(config))
     if has_teacher and config.teacher.train is not None:
         stages.append(train_stage("teacher", model="teacher", does="train the teacher on "
                                   + ("next-token cross-entropy" if language_model else "hard labels"),
@@ -346,6 +373,10 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
         seed=config.seed,
         spec=config.student.model, objective=lambda context: Objective(context["objective"]),
         does="distil the student with the recipe's objective" + (" from the teacher cache" if cache else "")))
+    if config.student.finetune is not None:
+        stages.append(train_stage(FINETUNED, model="student", copy_model=True, training=config.student.finetune,
+                                  seed=config.seed, spec=config.student.model, data=student_data,
+                                  does="fine-tune the distilled student on the gold labels alone"))
     if config.compress is not None:
         from distill.compress import compress_stages
 

@@ -46,16 +46,25 @@ def check_text_models(config: Any, data: Any, models: dict[str, nn.Module | None
         tokenizer = data.for_student().tokenizer if role == "student" else data.tokenizer
         if tokenizer is not None:
             _check_vocabulary(model, role, tokenizer, fields[role])
-    if not two_tokenizers or config.objective is None:
+    if not two_tokenizers:
         return
+    general = config.student.general
+    if general is not None and general.objective is None:
+        raise DistillError("student.general's default objective matches hidden states token by token, but the "
+                           "student reads the texts with a tokenizer of its own, whose tokens do not line up with "
+                           "the teacher's. Give student.general.objective per-text terms "
+                           f"({', '.join(PER_TEXT_SIGNALS)}), or give the student the teacher's tokenizer")
     from distill.config.loss_catalog import entry
 
-    for term in config.objective.terms:
-        if "teacher" not in entry(term.loss).inputs:
-            continue
-        per_token = [signal for signal in (term.student, term.teacher) if signal not in PER_TEXT_SIGNALS]
-        if per_token:
-            raise DistillError(f"objective term {term.display_name!r} compares {per_token[0]!r} token by token, but "
-                               "the student reads the texts with a tokenizer of its own, whose tokens do not line "
-                               "up with the teacher's. Compare per-text signals "
-                               f"({', '.join(PER_TEXT_SIGNALS)}), or give the student the teacher's tokenizer")
+    objectives = {"objective": config.objective, "student.general.objective": general and general.objective}
+    for field, objective in objectives.items():
+        for term in objective.terms if objective is not None else ():
+            if "teacher" not in entry(term.loss).inputs:
+                continue
+            per_token = [signal for signal in (term.student, term.teacher) if signal not in PER_TEXT_SIGNALS]
+            if per_token:
+                signals = ", ".join(PER_TEXT_SIGNALS)
+                raise DistillError(f"{field} term {term.display_name!r} compares {per_token[0]!r} token by token, "
+                                   "but the student reads the texts with a tokenizer of its own, whose tokens do not "
+                                   f"line up with the teacher's. Compare per-text signals ({signals}), or give the "
+                                   "student the teacher's tokenizer")

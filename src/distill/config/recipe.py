@@ -87,6 +87,32 @@ class Recipe(StrictSection):
         return self
 
     @model_validator(mode="after")
+    def _general_step(self) -> "Recipe":
+        general = self.student.general
+        if general is None:
+            return self
+        from distill.config.loss_catalog import entry
+
+        if not self.data.is_text:
+            raise ValueError("student.general distils on unlabelled texts, and the data is not text (data.text, or "
+                             "kjv-genre); remove student.general")
+        if self.mode is not None or self.teacher.cache is not None:
+            raise ValueError("student.general runs the live teacher in a plain run; it does not go with "
+                             + ("a mode" if self.mode is not None else "teacher.cache"))
+        if self.student.model is None and self.student.from_teacher is None:
+            raise ValueError("student.general trains the recipe's student: set student.model or "
+                             "student.from_teacher")
+        for term in general.objective.terms if general.objective is not None else ():
+            if "labels" in entry(term.loss).inputs:
+                raise ValueError(f"student.general.objective term {term.display_name!r} ({term.loss}) reads labels, "
+                                 "and the general step's texts have none; match teacher signals only (hint, cosine, "
+                                 "minilm_attention, ...); the labels come in the task's objective")
+            if not entry(term.loss).needs_teacher:
+                raise ValueError(f"student.general.objective term {term.display_name!r} ({term.loss}) does not read "
+                                 "the teacher; the general step only matches the teacher's signals")
+        return self
+
+    @model_validator(mode="after")
     def _compress_classifiers_only(self) -> "Recipe":
         if self.compress is not None and self.data.is_language_modeling:
             raise ValueError("compress: int8 quantization and pruning are implemented for classifier students; a "
@@ -96,6 +122,9 @@ class Recipe(StrictSection):
 
     @model_validator(mode="after")
     def _freeze_one_student(self) -> "Recipe":
+        if self.student.finetune is not None and self.mode is not None:
+            raise ValueError(f"student.finetune fine-tunes the single student of a plain run; mode "
+                             f"{self.mode.kind!r} trains its own models. Remove student.finetune")
         if self.student.freeze and self.mode is not None:
             raise ValueError(f"student.freeze is applied to the single student of a plain run; mode "
                              f"{self.mode.kind!r} trains its own models. Remove student.freeze")

@@ -38,16 +38,20 @@ class LMDataConfig(StrictSection):
         "error", description="Chat records without an assistant turn: stop naming the record, or drop them (counted).")
 
 
-class TextTransferConfig(StrictSection):
-    """More training texts for the distilled student, labelled by the teacher alone (TinyBERT's augmented transfer
-    set): unlabelled in-domain texts from a file, and/or word-level augmented copies of the training texts. The
-    baseline and the teacher train on the gold texts only; a hard-label term skips these texts."""
-    path: str | None = Field(None, description="Unlabelled in-domain texts: a CSV / JSON(L) / parquet file or "
-                             "save_to_disk folder (no label column needed).")
+class TextSourceConfig(StrictSection):
+    """Unlabelled texts from a file."""
+    path: str | None = Field(None, description="Unlabelled texts: a CSV / JSON(L) / parquet file or save_to_disk "
+                             "folder (no label column needed).")
     text: str | list[str] | None = Field(None, description="Text column(s) of path (null: data.text).")
     format: str | None = Field(None, description="File format of path, as data.format (null: told from the name).")
     max_texts: int | None = Field(None, gt=0, description="Use at most this many texts of path, the first ones "
                                   "(null: all).")
+
+
+class TextTransferConfig(TextSourceConfig):
+    """More training texts for the distilled student, labelled by the teacher alone (TinyBERT's augmented transfer
+    set): unlabelled in-domain texts from a file (path), and/or word-level augmented copies of the training texts.
+    The baseline and the teacher train on the gold texts only; a hard-label term skips these texts."""
     augment_copies: int = Field(0, ge=0, description="Augmented copies of each training text (0: none): words "
                                 "replaced by their nearest neighbours in the teacher's input embeddings (TinyBERT "
                                 "replaced words by GloVe neighbours and BERT MLM guesses).")
@@ -250,6 +254,22 @@ class FromTeacherSpec(StrictSection):
                              "last (null: every other block from the first); ignored when layers is set.")
 
 
+class GeneralDistillationConfig(StrictSection):
+    """TinyBERT's first step: the student learns the teacher's intermediate representations on unlabelled text,
+    before the task. It runs before the teacher is fine-tuned (``teacher.train``), against the pretrained teacher
+    as loaded, so what the student learns is the encoder's, not the task's."""
+    texts: TextSourceConfig = Field(default_factory=TextSourceConfig, description="The unlabelled texts (path "
+                                    "null: the task's training texts, without their labels).")
+    objective: ObjectiveConfig | None = Field(None, description="What the student matches (null: an MSE hint "
+                                                "from each student hidden state, the embeddings' included, to "
+                                                "the teacher's it stands for: the teacher block it was copied from "
+                                                "for a derived student, else TinyBERT's uniform mapping). Terms on "
+                                                "labels are refused (checked).")
+    training: TrainingConfig | None = Field(None, description="Training of this step (null: the recipe's "
+                                            "training section).")
+    val_texts: int = Field(200, ge=1, description="Texts held out to validate this step (at most a fifth of them).")
+
+
 class StudentConfig(StrictSection):
     """The model being distilled: built from ``model`` or derived from the teacher's layers (``from_teacher``)."""
     model: ModelSpec | None = Field(None, description="Architecture (null: a module passed from Python, or "
@@ -258,6 +278,12 @@ class StudentConfig(StrictSection):
                                 "loaded into model after it is built (null: a fresh initialisation from the seed).")
     from_teacher: FromTeacherSpec | None = Field(None, description="Derive the student from the teacher's "
                                                  "embeddings, chosen blocks and head (Hugging Face transformers).")
+    general: GeneralDistillationConfig | None = Field(None, description="A general-distillation step on "
+                                                      "unlabelled text before the task's (TinyBERT's two steps; "
+                                                      "text data, plain runs with a live teacher; checked).")
+    finetune: TrainingConfig | None = Field(None, description="Distil, then fine-tune: after distillation, train "
+                                            "the student on the gold labels alone with these settings; the result "
+                                            "is the model student_finetuned, evaluated beside the others.")
     freeze: list[str] = Field(default_factory=list, description="Module paths whose parameters stay fixed, e.g. "
                               "embeddings.word_embeddings (a large vocabulary table the teacher already trained). "
                               "Plain runs only, not with a mode (checked).")
@@ -343,6 +369,11 @@ class ObjectiveConfig(StrictSection):
         if duplicates:
             raise ValueError(f"objective terms need distinct names; repeated: {duplicates} (set term.name)")
         return self
+
+
+# the general-distillation step has an objective of its own, declared before ObjectiveConfig
+GeneralDistillationConfig.model_rebuild()
+StudentConfig.model_rebuild()
 
 
 # --------------------------------------------------------------------------------------------------- evaluation

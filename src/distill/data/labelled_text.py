@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -101,6 +102,21 @@ def read_labelled_texts(path: str | Path, *, text: str | list[str], label: str |
                       labels={name: values for name, (_, values) in splits.items()}, num_classes=num_classes,
                       class_names=class_names, text_columns=columns,
                       source=str(location) + (f" (test: {Path(test_path).expanduser()})" if test_path else ""))
+
+
+def read_text_source(source: Any, *, default_text: str | list[str] | None, field: str,
+                     like: Sequence[Text] = ()) -> list[Text]:
+    """The texts of a ``TextSourceConfig`` (``field`` names it in errors): its file's rows, the first
+    ``max_texts`` of them, single texts or pairs as ``like`` (the task's texts) are."""
+    texts = read_unlabelled_texts(source.path, text=source.text or default_text, format=source.format)
+    if source.max_texts is not None:
+        texts = texts[: source.max_texts]
+    pair = isinstance(like[0], tuple) if like else None
+    if pair is not None and isinstance(texts[0], tuple) != pair:
+        raise DistillError(f"{field}.path {source.path}: its texts are {'pairs' if not pair else 'single texts'} "
+                           f"and the training texts are not; give {field}.text the same number of columns as "
+                           "data.text")
+    return texts
 
 
 def read_unlabelled_texts(path: str | Path, *, text: str | list[str], format: str | None = None) -> list[Text]:

@@ -105,21 +105,14 @@ def augment_texts(texts: Sequence[Any], neighbours: dict[str, list[str]], *, cop
 def transfer_texts(config: Any, teacher: nn.Module | None, teacher_tokenizer: Any, train_texts: Sequence[Any],
                    seed: int) -> tuple[list[Any], dict[str, Any]]:
     """The texts ``data.transfer`` adds to the student's training set, and what they are (for metrics.json)."""
-    from distill.data.labelled_text import read_unlabelled_texts
+    from distill.data.labelled_text import read_text_source
 
     transfer = config.data.transfer
     added: list[Any] = []
     facts: dict[str, Any] = {}
     if transfer.path is not None:
-        unlabelled = read_unlabelled_texts(transfer.path, text=transfer.text or config.data.text,
-                                           format=transfer.format)
-        if transfer.max_texts is not None:
-            unlabelled = unlabelled[: transfer.max_texts]
-        pair = isinstance(train_texts[0], tuple) if train_texts else False
-        if unlabelled and isinstance(unlabelled[0], tuple) != pair:
-            raise DistillError(f"data.transfer.path {transfer.path}: its texts are "
-                               f"{'pairs' if not pair else 'single texts'} and the training texts are not; give "
-                               "data.transfer.text the same number of columns as data.text")
+        unlabelled = read_text_source(transfer, default_text=config.data.text, field="data.transfer",
+                                      like=train_texts)
         added += unlabelled
         facts["unlabelled"] = len(unlabelled)
     if transfer.augment_copies:

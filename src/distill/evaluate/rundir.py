@@ -31,7 +31,7 @@ from distill.evaluate.speed import size_on_disk
 from distill.models import build_model, load_saved, load_weights
 from distill.nets import CONFIG_FILE
 
-TRAINED_STAGES = ("teacher", "baseline", "student", "student_pruned")
+TRAINED_STAGES = ("teacher", "baseline", "student", "student_finetuned", "student_pruned")
 VARIANTS = ("student_int8", "student_pruned_int8")
 METRICS_FILE = "metrics.json"
 RUN_FACTS = ("steps", "stages", "wall_seconds", "compression_variants")  # written by training, kept by eval
@@ -53,6 +53,8 @@ def expected_models(recipe: Recipe) -> list[str]:
     if recipe.baseline:
         names.append("baseline")
     names.append("student")
+    if recipe.student.finetune is not None:
+        names.append("student_finetuned")
     if recipe.compress is not None:
         if recipe.compress.quantize == "int8":
             names.append("student_int8")
