@@ -48,7 +48,8 @@ def test_rows_show_dotted_paths_types_defaults_and_constraints():
     assert row_cells(markdown, "training.momentum")[3] == "`>= 0, < 1`"
     assert row_cells(markdown, "training.optimizer")[3] == "`one of: sgd, adamw, adam`"
     assert row_cells(markdown, "data.val_size")[1:3] == [r"float \| null", "`null`"]
-    assert row_cells(markdown, "data")[2] == "required"
+    assert row_cells(markdown, "generate.prompts")[2] == "required"
+    assert "required, except in a recipe that only generates" in row_cells(markdown, "data")[-1]
     assert row_cells(markdown, "student")[2] == "(section defaults)"  # a teacher-only recipe has none
     assert row_cells(markdown, "objective.terms[].loss")[2] == "required"
     assert row_cells(markdown, "mode.teachers[].name")[3] == "`matches ^[A-Za-z_][A-Za-z0-9_]*$`"
@@ -63,7 +64,8 @@ def test_rows_show_dotted_paths_types_defaults_and_constraints():
 def test_regimes_are_grouped_under_one_heading():
     markdown = render_markdown()
     headings = [line for line in markdown.splitlines() if line.startswith("## ")]
-    assert headings == ["## Sections", "## Models (`kind:`)", "## Regimes (`mode:`)"]
+    assert headings == ["## Sections", "## Models (`kind:`)", "## Prompt sources (`generate.prompts`)",
+                        "## Regimes (`mode:`)"]
     before, regimes = markdown.split("## Regimes (`mode:`)")
     regime_models = [*get_args(get_args(config.ModeSpec)[0]), config.NamedTeacher, config.UnlabelledData]
     for model in regime_models:

@@ -69,6 +69,23 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, resume: b
 
 
 @main.command()
+@click.argument("recipe")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="folder of the generated records; the same command again continues an interrupted one")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@_friendly
+def generate(recipe: str, output: str, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Have RECIPE's teacher answer the prompts of its generate section: provenance-stamped JSONL shards in
+    OUTPUT, committed batch by batch."""
+    from distill.generation.generate import generate as run_generate
+
+    summary = run_generate(recipe, output, overrides=list(overrides), show_progress=not quiet)
+    speed = f", {summary['tokens_per_second']} tokens/s" if summary["tokens_per_second"] else ""
+    click.echo(f"{summary['records']} records for {summary['prompts']} prompts in {output}{speed}")
+
+
+@main.command()
 @click.argument("name", required=False)
 @_friendly
 def recipes(name: str | None) -> None:

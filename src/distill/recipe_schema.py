@@ -41,6 +41,10 @@ UNION_STYLES: dict[type[BaseModel], UnionStyle] = {
         "Regimes (`mode:`)", "regimes", "regime",
         "{paths} picks a training regime beyond one frozen teacher, chosen by `{key}`; without it a run trains one "
         "student from one teacher. The sections a regime nests follow it."),
+    config.TaskPromptsConfig: UnionStyle(
+        "Prompt sources (`generate.prompts`)", "prompt-sources", "prompt source",
+        "{paths} takes one of these, told apart by their keys: prompts drawn from the task suite (`task:`) or read "
+        "from your file (`path:`)."),
 }
 ROOT_HEADING = "Sections"
 ROOT_INTRO = ("The top-level keys of a recipe, then the sections under them. A recipe is YAML (or a dict in "

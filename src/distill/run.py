@@ -317,6 +317,9 @@ def _evaluate(context: RunContext) -> None:
 def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list[Stage]:
     """The stages of a plain run of ``config``, from the recipe alone (nothing is built). ``given`` names the
     modules passed from Python (``teacher``, ``student``)."""
+    if config.data is None:
+        raise DistillError("the recipe has a generate section and no data: it makes teacher data, it trains nothing. "
+                           "Run distill generate RECIPE -o DATA")
     if config.mode is not None:
         from distill.modes import plan as mode_plan
 

@@ -11,6 +11,12 @@ recipe and its cross-section checks) and ``loading`` (YAML, overrides, built-in 
 """
 
 from distill.config.base import StrictSection
+from distill.config.generation import (
+    DecodingConfig,
+    FilePromptsConfig,
+    GenerationConfig,
+    TaskPromptsConfig,
+)
 from distill.config.loading import (
                                     RECIPES_DIR,
                                     builtin_recipe_names,
@@ -58,7 +64,7 @@ from distill.config.specs import (
                                     SavedSpec,
 )
 
-__all__ = [
+__all__ = ["DecodingConfig", "FilePromptsConfig", "GenerationConfig", "TaskPromptsConfig",
     "AssistantChainMode", "AugmentConfig", "BornAgainMode", "CNNSpec", "CompressConfig", "CounterfactualMode",
     "DataConfig", "DataFreeMode", "EvaluationConfig", "FromTeacherSpec", "HFConfigSpec", "HFSpec",
     "LMDataConfig", "MLPSpec", "ModeSpec", "ModelSpec", "MultiTeacherMode", "MutualMode", "NamedTeacher",

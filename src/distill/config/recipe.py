@@ -6,6 +6,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from distill.config.base import StrictSection
+from distill.config.generation import GenerationConfig
 from distill.config.modes import ModeSpec
 from distill.config.sections import (
     CompressConfig,
@@ -31,7 +32,8 @@ class Recipe(StrictSection):
     seed: int = Field(0, description="Seed of the student's initialisation, the data order and the seeded data "
                       "splits; the teacher trained here uses seed + 1000. Change it (or use `distill sweep`) to "
                       "measure run-to-run spread.")
-    data: DataConfig = Field(description="Where the examples come from.")
+    data: DataConfig | None = Field(None, description="Where the examples come from (required, except in a recipe "
+                                    "that only generates teacher data: generate set; checked).")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The model the student learns from.")
     student: StudentConfig = Field(default_factory=StudentConfig, description="The model being distilled "
                                    "(omitted: a teacher-only recipe, which trains the teacher with teacher.train "
@@ -48,9 +50,21 @@ class Recipe(StrictSection):
     compress: CompressConfig | None = Field(None, description="Quantize and/or prune the distilled student "
                                             "(null: no compressed variants; classifier students only, checked).")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where the run is written.")
+    generate: GenerationConfig | None = Field(None, description="Teacher-generated data (distill generate): the "
+                                              "prompts teacher.model answers and how it decodes.")
     mode: ModeSpec | None = Field(None, description="A training regime beyond one frozen teacher (distill.modes), "
                                   "chosen by kind (null: a plain teacher -> student run). student.freeze is not "
                                   "allowed with one (checked).")
+
+    @model_validator(mode="after")
+    def _data_or_generation(self) -> "Recipe":
+        if self.data is None and self.generate is None:
+            raise ValueError("data: Field required (where the examples come from; only a recipe with a generate "
+                             "section may leave it out)")
+        if self.data is None and (self.has_student or self.mode is not None or self.teacher.train is not None):
+            raise ValueError("data: Field required: the recipe trains a model, and generated records are not yet "
+                             "read as training data; give data (or keep only teacher and generate)")
+        return self
 
     @model_validator(mode="after")
     def _cache_without_augmentation(self) -> "Recipe":
@@ -67,7 +81,7 @@ class Recipe(StrictSection):
         """On multi-label or regression data, the classification losses are read as their counterparts (soft_kl
         as multilabel_kd / regression_kd, cross_entropy as multilabel_bce / regression_mse), so the alpha
         shortcut means the same mix on every kind of label."""
-        kind = self.data.target_kind
+        kind = self.data.target_kind if self.data is not None else "class"
         if kind == "class" or self.objective is None:
             return self
         counterparts = TASK_LOSSES[kind]
@@ -80,7 +94,8 @@ class Recipe(StrictSection):
 
     @model_validator(mode="after")
     def _transfer_in_plain_runs(self) -> "Recipe":
-        if self.data.transfer is not None and (self.mode is not None or self.teacher.cache is not None):
+        if self.data is not None and self.data.transfer is not None and (self.mode is not None
+                                                                         or self.teacher.cache is not None):
             raise ValueError("data.transfer adds texts that the live teacher labels in a plain run; it does not go "
                              "with " + ("a mode" if self.mode is not None else "teacher.cache (the cache holds no "
                                         "outputs for those texts)"))
@@ -114,7 +129,7 @@ class Recipe(StrictSection):
 
     @model_validator(mode="after")
     def _compress_classifiers_only(self) -> "Recipe":
-        if self.compress is not None and self.data.is_language_modeling:
+        if self.compress is not None and self.data is not None and self.data.is_language_modeling:
             raise ValueError("compress: int8 quantization and pruning are implemented for classifier students; a "
                              "causal-LM student is exported in float (quantize it with your inference runtime, e.g. "
                              "llama.cpp or torchao). Remove the compress section")

@@ -63,6 +63,7 @@ COLUMNS = [
 ]
 
 LABELS = {"baseline": "baseline student", "student": "distilled student", "student_int8": "distilled student, int8",
+          "student_finetuned": "distilled student, then fine-tuned on gold labels",
           "student_pruned": "distilled student, pruned + fine-tuned",
           "student_pruned_int8": "distilled student, pruned + int8"}
 

@@ -1,0 +1,94 @@
+"""``distill generate RECIPE -o DATA``: the teacher answers the recipe's prompts; every answer becomes a record
+with its provenance, committed batch by batch, so a rerun of a killed command continues where it stopped."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from distill.errors import DistillError
+from distill.generation.local import Answer, LocalBackend
+from distill.generation.prompts import Prompt, read_prompts
+from distill.generation.records import RecordStore
+
+
+def load_generator(config: Any) -> tuple[Any, Any]:
+    """The teacher as a causal LM, with the tokenizer saved beside it."""
+    from distill.causal_lm import tokenizer_of
+    from distill.config import HFSpec
+    from distill.models import build_model
+
+    spec = config.teacher.model
+    if not isinstance(spec, HFSpec) or spec.task != "causal-lm":
+        raise DistillError("distill generate answers prompts with teacher.model, which must be a causal LM: "
+                           "{kind: hf, name_or_path: ..., task: causal-lm}")
+    tokenizer = tokenizer_of(spec)
+    if tokenizer is None:
+        raise DistillError(f"teacher.model {spec.name_or_path} has no tokenizer saved with it; generation needs the "
+                           "teacher's own tokenizer")
+    return build_model(spec, input_shape=None, num_classes=None), tokenizer
+
+
+def provenance(config: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """What every record of this generation shares: who generated it, with what, how."""
+    from distill.cache.fingerprint import model_fingerprint, tokenizer_fingerprint
+    from distill.version import __version__
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {"teacher": config.teacher.model.model_dump(mode="json"), "weights": model_fingerprint(model),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "chat_template": "sha256:" + hashlib.sha256(str(template).encode()).hexdigest(),
+            "decoding": config.generate.decoding.model_dump(mode="json"), "chat": config.generate.chat,
+            "seed": config.seed, "backend": "local", "distill_version": __version__}
+
+
+def _record(prompt: Prompt, sample: int, answer: Answer, shared: dict[str, Any], created: str) -> dict[str, Any]:
+    return {"key": f"{prompt.id}#{sample}", "prompt_id": prompt.id, "prompt_hash": prompt.hash, "sample": sample,
+            "prompt": prompt.content, "completion": answer.text, "reference": prompt.reference, "task": prompt.task,
+            "tokens": answer.tokens, "mean_logprob": round(answer.logprob_sum / max(answer.tokens, 1), 6),
+            "finish_reason": answer.finish_reason, "provenance": {**shared, "created": created}}
+
+
+def generate(recipe: Any, output: str | Path, *, overrides: list[str] | None = None,
+             show_progress: bool = True) -> dict[str, Any]:
+    """Answer the prompts of ``recipe``'s generate section into ``output``; returns the summary in its index."""
+    from distill.config import load_recipe
+
+    config = load_recipe(recipe, overrides)
+    if config.generate is None:
+        raise DistillError("the recipe has no generate section: add generate: {prompts: ..., decoding: ...}")
+    prompts = read_prompts(config.generate)
+    model, tokenizer = load_generator(config)
+    shared = provenance(config, model, tokenizer)
+    store = RecordStore(output, {key: shared[key] for key in shared if key != "distill_version"},
+                        shard_records=config.generate.shard_records)
+    backend = LocalBackend(model, tokenizer, config.generate.decoding, config.generate.chat)
+    samples = config.generate.decoding.n
+    batches = backend.batches(prompts, config.generate.batch_size)
+    todo = [batch for batch in batches
+            if any(f"{prompt.id}#{sample}" not in store.keys for prompt, _ in batch for sample in range(samples))]
+    started, tokens = time.perf_counter(), 0
+    progress = Progress(TextColumn("[bold]generate[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=2, disable=not show_progress)
+    task = progress.add_task("generate", total=len(prompts), completed=len(prompts) - sum(map(len, todo)))
+    with progress:
+        for batch in todo:
+            created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            answers = backend.answer(batch, config.seed)
+            records = [_record(prompt, sample, answer, shared, created)
+                       for (prompt, _), prompt_answers in zip(batch, answers)
+                       for sample, answer in enumerate(prompt_answers)]
+            store.append(records)
+            tokens += sum(record["tokens"] for record in records)
+            progress.advance(task, len(batch))
+    seconds = time.perf_counter() - started
+    summary = {"prompts": len(prompts), "records": len(store), "generated_tokens_this_call": tokens,
+               "seconds_this_call": round(seconds, 3),
+               "tokens_per_second": round(tokens / seconds, 2) if tokens and seconds > 0 else None}
+    store.finish(summary)
+    return summary

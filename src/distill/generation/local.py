@@ -1,0 +1,111 @@
+"""The in-process backend: Hugging Face ``generate`` on the teacher, prompts batched by length (left padding, KV
+cache), stop strings, ``n`` samples per prompt, and the log-probability of every generated token under the
+teacher (temperature 1, before sampling filters), for self-score filters.
+
+A batch is seeded from the run's seed and the ids of its prompts, and batches are formed from the whole prompt
+list once, so a rerun after a kill regenerates a cut-off batch with the same tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import DistillError
+from distill.generation.prompts import Prompt
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: int              # generated tokens, up to the end of the answer
+    logprob_sum: float       # of those tokens under the teacher
+    finish_reason: str       # stop (end-of-sequence or a stop string) or length
+
+
+class LocalBackend:
+    """Answers prompts with ``model`` (a causal LM) and its ``tokenizer``."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, decoding: Any, chat: str = "auto"):
+        self.model, self.tokenizer, self.decoding = model.eval(), tokenizer, decoding
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat == "always" and not has_template:
+            raise DistillError("generate.chat is always, and the teacher's tokenizer has no chat template; give a "
+                               "tokenizer with one, or set generate.chat: never")
+        self.wrap_plain = has_template and chat != "never"
+        if tokenizer.pad_token_id is None:
+            raise DistillError("the teacher's tokenizer has no padding token, which batched generation needs")
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt.content, list) or self.wrap_plain:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise DistillError(f"prompt {prompt.id} is a chat (a list of messages), and the teacher's tokenizer "
+                                   "has no chat template to format it with; give a tokenizer with one, or plain-text "
+                                   "prompts")
+            messages = prompt.content if isinstance(prompt.content, list) else [
+                {"role": "user", "content": prompt.content}]
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return self.tokenizer(prompt.content, add_special_tokens=True)["input_ids"]
+
+    def batches(self, prompts: list[Prompt], batch_size: int) -> list[list[tuple[Prompt, list[int]]]]:
+        """The prompts with their token ids, sorted by length and cut into batches (fixed for a prompt list)."""
+        encoded = sorted(((prompt, self.encode(prompt)) for prompt in prompts), key=lambda pair: (len(pair[1]),
+                                                                                                 pair[0].id))
+        return [encoded[start:start + batch_size] for start in range(0, len(encoded), batch_size)]
+
+    @torch.no_grad()
+    def answer(self, batch: list[tuple[Prompt, list[int]]], seed: int) -> list[list[Answer]]:
+        """``decoding.n`` answers to each prompt of ``batch``."""
+        decoding, device = self.decoding, next(self.model.parameters()).device
+        width = max(len(ids) for _, ids in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in batch], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device)
+        sampled = decoding.temperature > 0
+        options = {"do_sample": sampled, "max_new_tokens": decoding.max_new_tokens, "num_return_sequences":
+                   decoding.n, "pad_token_id": pad, "return_dict_in_generate": True, "output_logits": True}
+        if sampled:
+            options.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k or 0)
+        if decoding.stop:
+            options.update(stop_strings=list(decoding.stop), tokenizer=self.tokenizer)
+        torch.manual_seed(batch_seed(seed, [prompt.id for prompt, _ in batch]))
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+        generated = output.sequences[:, width:]
+        logprobs = token_logprobs(output.logits, generated)
+        answers = [self._answer(generated[row], logprobs[row]) for row in range(generated.shape[0])]
+        return [answers[index * decoding.n:(index + 1) * decoding.n] for index in range(len(batch))]
+
+    def _answer(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> Answer:
+        eos = self.tokenizer.eos_token_id
+        ids = tokens.tolist()
+        ended = eos is not None and eos in ids
+        length = ids.index(eos) + 1 if ended else len(ids)
+        while length and not ended and ids[length - 1] == self.tokenizer.pad_token_id:
+            length -= 1  # a row finished early by a stop string is padded to the batch's length
+        text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
+        cut = min((text.find(stop) for stop in self.decoding.stop if stop in text), default=-1)
+        if cut >= 0:
+            text, ended = text[:cut], True
+        finish = "stop" if ended or length < len(ids) else "length"
+        return Answer(text, length, round(float(logprobs[:length].sum()), 6), finish)
+
+
+def batch_seed(seed: int, prompt_ids: list[str]) -> int:
+    digest = hashlib.sha256(f"{seed}\0{chr(0).join(prompt_ids)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2 ** 63)
+
+
+def token_logprobs(step_logits: tuple[torch.Tensor, ...], generated: torch.Tensor) -> torch.Tensor:
+    """log p(token) of each generated token under the raw logits of its step, ``[rows, steps]`` (never the
+    ``[rows, steps, vocabulary]`` stack)."""
+    values = []
+    for step, logits in enumerate(step_logits):
+        logits = logits.float()
+        chosen = logits.gather(-1, generated[:, step:step + 1]).squeeze(-1)
+        values.append(chosen - torch.logsumexp(logits, dim=-1))
+    return torch.stack(values, dim=1) if values else generated.new_zeros(generated.shape, dtype=torch.float)

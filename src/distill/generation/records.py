@@ -1,0 +1,114 @@
+"""Generated records on disk: append-only JSONL shards and an index that says how much of each shard is committed.
+
+An append writes whole lines, flushes and fsyncs the shard, then rewrites ``index.json`` atomically with the
+shard's new length. Opening the folder again cuts every shard back to its committed length, so a write cut off
+by a kill leaves no half record and no record twice: what was committed stays, what was not is generated again.
+The index also holds the fingerprint of what the records depend on (the generation settings, the teacher); a
+folder made with other settings is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from distill.checkpoint import check_writable, write_json_atomic, writing
+from distill.errors import DistillError
+
+INDEX_FILE = "index.json"
+FORMAT_VERSION = 1
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [found for key in sorted(set(old) | set(new))
+                for found in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".") or "(all)"]
+
+
+class RecordStore:
+    """The records under ``folder``, each a JSON object with a unique ``key``."""
+
+    def __init__(self, folder: str | Path, fingerprint: dict[str, Any], *, shard_records: int = 1000):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        self.shard_records = shard_records
+        check_writable(self.folder, "--output")
+        index_path = self.folder / INDEX_FILE
+        if index_path.is_file():
+            self.index = self._read_index(index_path)
+            self._cut_uncommitted()
+        else:
+            if self.folder.exists() and any(self.folder.iterdir()):
+                raise DistillError(f"{self.folder} is not empty and holds no {INDEX_FILE}, so it is not a folder of "
+                                   "generated records; choose another --output")
+            self.index = {"version": FORMAT_VERSION, "fingerprint": fingerprint, "shards": [], "complete": False}
+        self.keys = {record["key"] for record in self.records()}
+
+    def _read_index(self, path: Path) -> dict[str, Any]:
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise DistillError(f"{path} cannot be read ({error}); it indexes the records of {self.folder}. Restore "
+                               "it, or generate into another --output") from None
+        differing = _differences(index.get("fingerprint"), self.fingerprint)
+        if differing:
+            raise DistillError(f"{self.folder} holds records generated with other settings (they differ at "
+                               f"{', '.join(differing[:6])}); records of two settings are not mixed. Run with the "
+                               "same recipe to continue, or choose another --output")
+        return index
+
+    def _cut_uncommitted(self) -> None:
+        committed = {shard["file"]: shard["bytes"] for shard in self.index["shards"]}
+        for path in sorted(self.folder.glob("shard-*.jsonl")):
+            size = committed.get(path.name)
+            if size is None:
+                path.unlink()  # created by an append that never committed
+            elif path.stat().st_size > size:
+                with open(path, "r+b") as handle:
+                    handle.truncate(size)
+            elif path.stat().st_size < size:
+                raise DistillError(f"{path} is shorter than {INDEX_FILE} says ({path.stat().st_size} < {size} "
+                                   "bytes): committed records were lost outside distill. Generate into another "
+                                   "--output")
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for shard in self.index["shards"]:
+            with open(self.folder / shard["file"], "rb") as handle:
+                data = handle.read(shard["bytes"])
+            for line in data.splitlines():
+                yield json.loads(line)
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Write ``records`` (keys not yet present) and commit them, all or none."""
+        fresh = [record for record in records if record["key"] not in self.keys]
+        if not fresh:
+            return
+        shards = self.index["shards"]
+        if not shards or shards[-1]["records"] >= self.shard_records:
+            shards.append({"file": f"shard-{len(shards):05d}.jsonl", "bytes": 0, "records": 0})
+        shard = shards[-1]
+        path = self.folder / shard["file"]
+        payload = b"".join(json.dumps(record, sort_keys=True).encode() + b"\n" for record in fresh)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with writing(path):
+            with open(path, "ab") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+        shard["bytes"] += len(payload)
+        shard["records"] += len(fresh)
+        self._commit()
+        self.keys.update(record["key"] for record in fresh)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.index.update(complete=True, summary=summary)
+        self._commit()
+
+    def _commit(self) -> None:
+        write_json_atomic(self.folder / INDEX_FILE, self.index)
+
+    def __len__(self) -> int:
+        return sum(shard["records"] for shard in self.index["shards"])

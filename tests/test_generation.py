@@ -1,0 +1,186 @@
+"""distill generate: a teacher answers prompts into provenance-stamped, append-only records; a killed command
+continues with nothing lost or duplicated and, with the seeded local backend, the same records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import distill
+from distill.cache.fingerprint import model_fingerprint
+from distill.cli import main
+from distill.generation.generate import generate
+from distill.generation.local import token_logprobs
+from distill.generation.records import INDEX_FILE, RecordStore
+from lm_helpers import tiny_llama, tokenizer
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher")
+    tiny_llama(vocab_size=512, hidden=32, layers=2, seed=0).save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _recipe(teacher, **generate_section):
+    return {"name": "gen", "seed": 0,
+            "teacher": {"model": {"kind": "hf", "name_or_path": str(teacher), "task": "causal-lm"}},
+            "generate": {"prompts": {"task": "addition", "count": 10}, "batch_size": 4,
+                         "decoding": {"max_new_tokens": 12, "temperature": 1.0, "n": 2}, **generate_section}}
+
+
+def _without_time(records):
+    return [{**record, "provenance": {k: v for k, v in record["provenance"].items() if k != "created"}}
+            for record in records]
+
+
+def _records(folder):
+    return list(RecordStore(folder, json.loads((folder / INDEX_FILE).read_text())["fingerprint"]).records())
+
+
+def test_every_answer_is_a_record_with_its_provenance(teacher, tmp_path):
+    summary = generate(_recipe(teacher), tmp_path / "data", show_progress=False)
+    records = _records(tmp_path / "data")
+    assert summary["records"] == len(records) == 20 and summary["prompts"] == 10
+    assert len({record["key"] for record in records}) == 20
+    assert sorted({record["sample"] for record in records}) == [0, 1]
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(teacher)
+    first = records[0]
+    assert first["provenance"]["weights"] == model_fingerprint(loaded)
+    assert first["provenance"]["decoding"]["n"] == 2 and first["provenance"]["seed"] == 0
+    assert first["provenance"]["tokenizer"].startswith("sha256:") and first["provenance"]["backend"] == "local"
+    assert first["reference"] is not None and first["task"] == "addition" and len(first["prompt_hash"]) == 64
+    for record in records:
+        assert 1 <= record["tokens"] <= 12 and record["mean_logprob"] <= 0
+        assert record["finish_reason"] == ("length" if record["tokens"] == 12 else "stop")
+    index = json.loads((tmp_path / "data" / INDEX_FILE).read_text())
+    assert index["complete"] and index["shards"][0]["records"] == 20
+
+
+def test_a_greedy_answer_and_its_log_probability_are_the_teachers(teacher, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    recipe = _recipe(teacher, batch_size=1, prompts={"task": "addition", "count": 2},
+                     decoding={"max_new_tokens": 8, "temperature": 0})
+    generate(recipe, tmp_path / "data", show_progress=False)
+    record = _records(tmp_path / "data")[0]
+    model, tok = AutoModelForCausalLM.from_pretrained(teacher).eval(), tokenizer()
+    prompt_ids = tok.apply_chat_template([{"role": "user", "content": record["prompt"]}], add_generation_prompt=True,
+                                         tokenize=True)
+    prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
+    ids = torch.tensor([prompt_ids])
+    generated = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                               pad_token_id=tok.pad_token_id)[0, len(prompt_ids):]
+    eos = generated.tolist().index(tok.eos_token_id) + 1 if tok.eos_token_id in generated.tolist() else len(generated)
+    assert record["completion"] == tok.decode(generated[:eos], skip_special_tokens=True)
+    with torch.no_grad():  # teacher forcing over prompt + answer gives the same per-token log-probabilities
+        logits = model(torch.cat([ids[0], generated[:eos]])[None]).logits[0, len(prompt_ids) - 1:-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, generated[:eos, None]).mean()
+    assert record["tokens"] == eos and record["mean_logprob"] == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_token_log_probabilities_are_read_step_by_step():
+    logits = (torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 3.0]]))
+    values = token_logprobs(logits, torch.tensor([[0, 2]]))
+    expected = [2 - torch.logsumexp(torch.tensor([2.0, 0, 0]), 0), 3 - torch.logsumexp(torch.tensor([0, 1.0, 3]), 0)]
+    assert torch.allclose(values[0], torch.stack(expected))
+
+
+def test_a_killed_generation_continues_with_nothing_lost_or_duplicated(teacher, tmp_path):
+    recipe = _recipe(teacher, prompts={"task": "addition", "count": 160}, batch_size=2)
+    recipe["generate"]["decoding"]["max_new_tokens"] = 24
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    command = [sys.executable, "-m", "distill.cli", "generate", str(path), "-o", str(tmp_path / "killed"), "--quiet"]
+    child = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    index = tmp_path / "killed" / INDEX_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and not (index.is_file() and json.loads(index.read_text())["shards"]
+                                          and json.loads(index.read_text())["shards"][0]["records"] >= 40):
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    state = json.loads(index.read_text())
+    assert not state["complete"], "the child finished before it was killed; give it more work"
+    with open(tmp_path / "killed" / state["shards"][-1]["file"], "ab") as handle:
+        handle.write(b'{"key": "torn')  # a write the kill cut off: past the committed length
+    resumed = CliRunner().invoke(main, ["generate", str(path), "-o", str(tmp_path / "killed"), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    generate(recipe, tmp_path / "straight", show_progress=False)
+    killed, straight = _records(tmp_path / "killed"), _records(tmp_path / "straight")
+    assert len(killed) == 320 and len({record["key"] for record in killed}) == 320
+    assert _without_time(killed) == _without_time(straight)
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_records_kept(teacher, tmp_path):
+    generate(_recipe(teacher), tmp_path / "data", show_progress=False)
+    before = (tmp_path / "data" / "shard-00000.jsonl").read_bytes()
+    with pytest.raises(distill.DistillError, match="other settings .*decoding.temperature"):
+        generate(_recipe(teacher, decoding={"max_new_tokens": 12, "temperature": 0.5, "n": 2}), tmp_path / "data",
+                 show_progress=False)
+    assert (tmp_path / "data" / "shard-00000.jsonl").read_bytes() == before
+
+
+def test_a_prompt_file_without_its_column_lists_the_columns(teacher, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"question": f"What is {n} + 1?"}) for n in range(4)))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_recipe(teacher, prompts={"path": str(prompts), "column": "prompt"})))
+    result = CliRunner().invoke(main, ["generate", str(path), "-o", str(tmp_path / "data")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Column 'prompt' is not in" in result.output and "question" in result.output
+    assert not (tmp_path / "data").exists()
+
+
+def test_chat_prompts_need_a_chat_template(teacher, tmp_path):
+    plain = tmp_path / "plain"
+    tiny_llama(vocab_size=512, hidden=32, layers=2).save_pretrained(plain)
+    untemplated = tokenizer()
+    untemplated.chat_template = None
+    untemplated.save_pretrained(plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    prompts = tmp_path / "chats.jsonl"
+    prompts.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hello?"}]}) + "\n")
+    with pytest.raises(distill.DistillError, match="is a chat .* no chat template"):
+        generate(_recipe(plain, prompts={"path": str(prompts)}), tmp_path / "data", show_progress=False)
+    with pytest.raises(distill.DistillError, match="generate.chat is always"):
+        generate(_recipe(plain, chat="always"), tmp_path / "data2", show_progress=False)
+
+
+def test_the_record_store_cuts_uncommitted_bytes_and_refuses_lost_ones(tmp_path):
+    store = RecordStore(tmp_path / "r", {"a": 1}, shard_records=2)
+    store.append([{"key": "x", "v": 1}, {"key": "y", "v": 2}])
+    store.append([{"key": "z", "v": 3}, {"key": "x", "v": 9}])  # x is there already: not written twice
+    assert [record["key"] for record in store.records()] == ["x", "y", "z"] and len(store) == 3
+    with open(tmp_path / "r" / "shard-00001.jsonl", "ab") as handle:
+        handle.write(b'{"key": "w"')
+    (tmp_path / "r" / "shard-00002.jsonl").write_text('{"key": "q"}\n')  # never committed
+    reopened = RecordStore(tmp_path / "r", {"a": 1})
+    assert [record["key"] for record in reopened.records()] == ["x", "y", "z"]
+    assert not (tmp_path / "r" / "shard-00002.jsonl").exists()
+    (tmp_path / "r" / "shard-00000.jsonl").write_text("")
+    with pytest.raises(distill.DistillError, match="shorter than index.json says"):
+        RecordStore(tmp_path / "r", {"a": 1})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(distill.DistillError, match="not a folder of generated records"):
+        RecordStore(tmp_path / "other", {"a": 1})
+
+
+def test_generation_recipes_are_checked_before_anything_loads(teacher):
+    with pytest.raises(distill.DistillError, match="would be the same"):
+        distill.load_recipe(_recipe(teacher, decoding={"temperature": 0, "n": 3}))
+    with pytest.raises(distill.DistillError, match="it trains nothing. Run distill generate"):
+        distill.train(_recipe(teacher), output="/tmp/never-written")
+    with pytest.raises(distill.DistillError, match="data: Field required"):
+        distill.load_recipe({"teacher": {"model": {"kind": "hf", "name_or_path": str(teacher)}}})
