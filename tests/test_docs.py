@@ -113,6 +113,12 @@ DECISIONS: dict[str, Any] = {
     "distill sweep digits-quick --seeds 5 --grid objective.temperature=1,4,20 --grid objective.alpha=0.5,0.9 "
     "-o runs/sweep": SWEEP_PLAN,
     "distill report runs/sweep/*/seed-0 -o runs/report": RUN,
+    # docs/generation.md
+    "distill generate arithmetic-answers.yaml -o data/arith-gen":
+        Skip("needs a trained causal-LM teacher folder; tests/test_generation.py runs distill generate on a tiny "
+             "local Llama, killed mid-way and resumed"),
+    "distill filter arithmetic-answers.yaml -i data/arith-gen -o data/arith-kept":
+        Skip("reads the generation above; tests/test_filters.py runs distill filter on planted records"),
     # docs/benchmarks.md (its python benchmarks/*.py lines are parsed, see the module docstring)
     "distill train llm-logit-kd --output runs/smol --set training.max_steps=24 --set training.batch_size=4 "
     "--set training.log_every=4 --set training.checkpoint_every=24 --set evaluation.max_test_tokens=2048": PLAN,

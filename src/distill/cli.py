@@ -85,6 +85,24 @@ def generate(recipe: str, output: str, overrides: tuple[str, ...], quiet: bool) 
     click.echo(f"{summary['records']} records for {summary['prompts']} prompts in {output}{speed}")
 
 
+@main.command(name="filter")
+@click.argument("recipe")
+@click.option("--input", "-i", "source", required=True, type=click.Path(file_okay=False),
+              help="a folder of records made by distill generate")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="folder of the kept records")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+@_friendly
+def filter_command(recipe: str, source: str, output: str, overrides: tuple[str, ...]) -> None:
+    """Run RECIPE's filters over generated records: the kept ones go to OUTPUT, with filter_report.json."""
+    from distill.generation.filter_run import REPORT_FILE, filter_generated
+
+    report = filter_generated(recipe, source, output, overrides=list(overrides))
+    for step in report["filters"]:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in step["reasons"].items()) or "-"
+        click.echo(f"{step['filter']:<14} dropped {step['dropped']:>6} of {step['seen']:>6}  ({reasons})")
+    click.echo(f"kept {report['kept']} of {report['records']} records in {output}; report: {output}/{REPORT_FILE}")
+
+
 @main.command()
 @click.argument("name", required=False)
 @_friendly

@@ -14,6 +14,7 @@ from distill.config.base import StrictSection
 from distill.config.generation import (
     DecodingConfig,
     FilePromptsConfig,
+    FilterSpec,
     GenerationConfig,
     TaskPromptsConfig,
 )
@@ -64,7 +65,7 @@ from distill.config.specs import (
                                     SavedSpec,
 )
 
-__all__ = ["DecodingConfig", "FilePromptsConfig", "GenerationConfig", "TaskPromptsConfig",
+__all__ = ["DecodingConfig", "FilePromptsConfig", "FilterSpec", "GenerationConfig", "TaskPromptsConfig",
     "AssistantChainMode", "AugmentConfig", "BornAgainMode", "CNNSpec", "CompressConfig", "CounterfactualMode",
     "DataConfig", "DataFreeMode", "EvaluationConfig", "FromTeacherSpec", "HFConfigSpec", "HFSpec",
     "LMDataConfig", "MLPSpec", "ModeSpec", "ModelSpec", "MultiTeacherMode", "MutualMode", "NamedTeacher",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -62,3 +62,104 @@ class GenerationConfig(StrictSection):
         "auto", description="Wrap plain prompts in the tokenizer's chat template: auto (when it has one), always "
         "(refused without one), never. Chat prompts always use it.")
     shard_records: int = Field(1000, gt=0, description="Records per JSONL shard of the output.")
+
+
+# --------------------------------------------------------------------------------------------------- filters
+class LengthFilter(StrictSection):
+    """Drop answers outside length bounds, and (by default) answers cut off at max_new_tokens."""
+    kind: Literal["length"] = Field("length", description="Selects this filter.")
+    min_tokens: int = Field(1, ge=0, description="Fewest generated tokens an answer may have.")
+    max_tokens: int | None = Field(None, gt=0, description="Most generated tokens (null: no bound).")
+    min_chars: int = Field(1, ge=0, description="Fewest characters of answer text.")
+    max_chars: int | None = Field(None, gt=0, description="Most characters (null: no bound).")
+    drop_truncated: bool = Field(True, description="Drop answers that ran into max_new_tokens (finish_reason "
+                                 "length): they end mid-thought.")
+
+
+class ExactDedupFilter(StrictSection):
+    """Drop records whose text repeats an earlier kept record's (case and whitespace ignored)."""
+    kind: Literal["exact_dedup"] = Field("exact_dedup", description="Selects this filter.")
+    on: Literal["completion", "prompt", "prompt_and_completion"] = Field(
+        "prompt_and_completion", description="Which text must repeat for a record to be a duplicate.")
+
+
+class NearDedupFilter(StrictSection):
+    """Drop records whose text nearly repeats an earlier kept record's: MinHash signatures of character or word
+    shingles, candidates from locality-sensitive hashing (datasketch), estimated Jaccard similarity >= threshold."""
+    kind: Literal["near_dedup"] = Field("near_dedup", description="Selects this filter.")
+    on: Literal["completion", "prompt", "prompt_and_completion"] = Field("completion", description="Which text "
+                                                                          "is compared.")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity of the shingle sets at which a "
+                             "record is a near duplicate.")
+    shingle: Literal["char", "word"] = Field("char", description="Shingles of characters (short texts) or words.")
+    size: int = Field(5, gt=0, description="Characters or words per shingle.")
+    num_perm: int = Field(128, gt=15, description="MinHash permutations: more estimate the similarity closer.")
+
+
+class EvalSetSource(StrictSection):
+    """An evaluation set generated data must not contain: a task split, or a file's text column."""
+    name: str = Field(description="Its name in the filter report.")
+    task: str | None = Field(None, description="A task of distill.tasks (its test split by default).")
+    split: Literal["train", "test"] = Field("test", description="The task's split.")
+    count: int = Field(1000, gt=0, description="How many of the task's items (the seed-0 draw).")
+    path: str | None = Field(None, description="Or a file of evaluation items (JSON(L) / CSV / parquet / "
+                             "save_to_disk).")
+    column: str = Field("text", description="The file's column holding each item's text.")
+    format: str | None = Field(None, description="The file's format (null: told from the name).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EvalSetSource":
+        if (self.task is None) == (self.path is None):
+            raise ValueError(f"evaluation set {self.name!r}: give task or path, not both or neither")
+        return self
+
+
+class ContaminationFilter(StrictSection):
+    """Drop records that share a word n-gram with an evaluation item (GPT-3's 13-gram rule), or that contain a
+    whole evaluation item shorter than n words, so short items are checked too."""
+    kind: Literal["contamination"] = Field("contamination", description="Selects this filter.")
+    sets: list[EvalSetSource] = Field(min_length=1, description="The evaluation sets to check against.")
+    n: int = Field(13, gt=0, description="Words per n-gram.")
+    on: Literal["completion", "prompt", "prompt_and_completion"] = Field(
+        "prompt_and_completion", description="Which text of a record is checked.")
+
+
+class VerifyFilter(StrictSection):
+    """Drop answers whose final answer (after 'Answer:', else the last line) differs from the record's reference
+    (the task's gold answer, or the prompt file's reference column)."""
+    kind: Literal["verify"] = Field("verify", description="Selects this filter.")
+    without_reference: Literal["keep", "drop"] = Field("keep", description="What happens to records that have no "
+                                                       "reference to check against.")
+
+
+class SelfScoreFilter(StrictSection):
+    """Drop answers the teacher itself found unlikely: mean log-probability per generated token below a bound."""
+    kind: Literal["self_score"] = Field("self_score", description="Selects this filter.")
+    min_mean_logprob: float = Field(le=0, description="Lowest mean token log-probability kept, e.g. -1.0.")
+
+
+class FormatFilter(StrictSection):
+    """Drop answers not in the expected format: a regular expression to match, and/or valid JSON (with keys)."""
+    kind: Literal["format"] = Field("format", description="Selects this filter.")
+    regex: str | None = Field(None, description="A Python regular expression the answer must contain (re.search).")
+    valid_json: bool = Field(False, description="The answer must parse as JSON.")
+    required_keys: list[str] = Field(default_factory=list, description="With valid_json: keys the JSON object must "
+                                     "have.")
+
+    @model_validator(mode="after")
+    def _something(self) -> "FormatFilter":
+        import re
+
+        if self.regex is None and not self.valid_json:
+            raise ValueError("a format filter needs regex and/or valid_json: true")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as error:
+                raise ValueError(f"format filter: regex {self.regex!r} is not a valid regular expression "
+                                 f"({error})") from None
+        return self
+
+
+FilterSpec = Annotated[Union[LengthFilter, ExactDedupFilter, NearDedupFilter, ContaminationFilter, VerifyFilter,
+                             SelfScoreFilter, FormatFilter], Field(discriminator="kind")]

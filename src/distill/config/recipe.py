@@ -6,7 +6,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from distill.config.base import StrictSection
-from distill.config.generation import GenerationConfig
+from distill.config.generation import FilterSpec, GenerationConfig
 from distill.config.modes import ModeSpec
 from distill.config.sections import (
     CompressConfig,
@@ -52,6 +52,8 @@ class Recipe(StrictSection):
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where the run is written.")
     generate: GenerationConfig | None = Field(None, description="Teacher-generated data (distill generate): the "
                                               "prompts teacher.model answers and how it decodes.")
+    filters: list[FilterSpec] = Field(default_factory=list, description="What distill filter drops from generated "
+                                      "records, in this order (each filter sees what the ones before kept).")
     mode: ModeSpec | None = Field(None, description="A training regime beyond one frozen teacher (distill.modes), "
                                   "chosen by kind (null: a plain teacher -> student run). student.freeze is not "
                                   "allowed with one (checked).")
