@@ -13,8 +13,8 @@ import distill
 from distill import tasks
 from distill.cli import main
 from distill.config import load_recipe
+from distill.data.records import RecordStore
 from distill.generation.filters import run_filters
-from distill.generation.records import RecordStore
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "dro", "fen", "gul", "bri"]
 

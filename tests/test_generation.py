@@ -16,9 +16,9 @@ from click.testing import CliRunner
 import distill
 from distill.cache.fingerprint import model_fingerprint
 from distill.cli import main
+from distill.data.records import INDEX_FILE, RecordStore
 from distill.generation.generate import generate
 from distill.generation.local import token_logprobs
-from distill.generation.records import INDEX_FILE, RecordStore
 from lm_helpers import tiny_llama, tokenizer
 
 
@@ -184,3 +184,65 @@ def test_generation_recipes_are_checked_before_anything_loads(teacher):
         distill.train(_recipe(teacher), output="/tmp/never-written")
     with pytest.raises(distill.DistillError, match="data: Field required"):
         distill.load_recipe({"teacher": {"model": {"kind": "hf", "name_or_path": str(teacher)}}})
+
+
+def test_kept_records_train_a_student_on_the_answers_alone(teacher, tmp_path):
+    from distill.data.lm import load_lm_splits
+    from distill.generation.filter_run import filter_generated
+
+    recipe = _recipe(teacher, prompts={"task": "addition", "count": 24}, batch_size=8)
+    recipe["filters"] = [{"kind": "exact_dedup", "on": "completion"}]
+    generate(recipe, tmp_path / "gen", show_progress=False)
+    report = filter_generated(recipe, tmp_path / "gen", tmp_path / "kept")
+    data = {"path": str(tmp_path / "kept"), "lm": {"format": "chat", "test_fraction": 0.2}, "max_length": 64,
+            "tokenizer": "builtin:kjv-bpe-512"}
+    config = distill.load_recipe({"data": data, "student": {"model": {"kind": "hf-config", "architecture": "llama",
+                                                                        "config": {"hidden_size": 16}}}})
+    splits = load_lm_splits(config.data, tokenizer(), seed=0)
+    records = {record["key"]: record for record in _records(tmp_path / "kept")}
+    assert len(splits.train) + len(splits.test) == report["kept"] == len(records)
+    # the loss falls on the teacher's answer: the supervised tokens decode to the answer text (plus the end of turn)
+    item = splits.train[0]
+    supervised = item["labels"][item["labels"] != -100]
+    answer = tokenizer().decode(supervised, skip_special_tokens=True).strip()
+    assert answer in {record["completion"].strip() for record in records.values()}
+    student = {"model": {"kind": "hf-config", "architecture": "llama", "config": {
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "max_position_embeddings": 128}}}
+    run = distill.train({"name": "seq-kd", "data": data, "student": student,
+                         "teacher": {"model": {"kind": "hf", "name_or_path": str(teacher), "task": "causal-lm"}},
+                         "objective": {"terms": [{"loss": "token_kd", "weight": 0.5, "student": "final_hidden",
+                                                  "teacher": "final_hidden"},
+                                                 {"loss": "token_ce", "weight": 0.5, "student": "final_hidden"}]},
+                         "training": {"max_steps": 3, "batch_size": 4},
+                         "evaluation": {"task": "language-modeling", "task_suite": {
+                             "task": "addition", "count": 10, "max_new_tokens": 8, "batch_size": 5}}},
+                        output=tmp_path / "run", show_progress=False)
+    metrics = run.metrics
+    assert metrics["student"]["perplexity"] > 1 and metrics["stages"]["student"]["steps"] == 3
+    # exact match on held-out task problems, independent of the generated data; students against the teacher
+    teacher_right = round(metrics["teacher"]["task_exact_match"] * 10)
+    assert metrics["student"]["task_teacher_errors"] == 10 - teacher_right
+    assert 0 <= metrics["student"]["task_inherited_errors"] <= metrics["student"]["task_teacher_errors"]
+    assert 0 <= metrics["student"]["task_answer_agreement"] <= 1 and metrics["task_suite"]["task"] == "addition"
+
+
+def test_task_suite_metrics_count_exact_matches_and_inherited_errors(monkeypatch):
+    from distill import tasks
+    from distill.config import TaskSuiteEvaluation
+    from distill.evaluate import task_suite
+
+    items = tasks.examples("addition", "test", 5, seed=0)
+    right = {item.id: f"Answer: {item.answer}" for item in items}
+    wrong = {item.id: f"Answer: {int(item.answer) + 1}" for item in items}
+    given = {"teacher": [right, right, right, wrong, wrong],   # errs on items 3 and 4
+             "student": [right, wrong, right, wrong, {items[4].id: "no idea"}]}  # inherits item 3's error only
+
+    def answers(model, tokenizer, prompts, suite):
+        return {item.id: given[model][index][item.id] for index, item in enumerate(items)}
+    monkeypatch.setattr(task_suite, "answers_of", answers)
+    metrics = task_suite.task_suite_metrics({"teacher": "teacher", "student": "student"}, None,
+                                            TaskSuiteEvaluation(task="addition", count=5))
+    assert metrics["teacher"] == {"task_exact_match": 0.6}
+    assert metrics["student"] == {"task_exact_match": 0.4, "task_answer_agreement": 0.6,
+                                  "task_inherited_errors": 1, "task_teacher_errors": 2}

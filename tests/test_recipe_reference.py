@@ -65,7 +65,7 @@ def test_regimes_are_grouped_under_one_heading():
     markdown = render_markdown()
     headings = [line for line in markdown.splitlines() if line.startswith("## ")]
     assert headings == ["## Sections", "## Models (`kind:`)", "## Prompt sources (`generate.prompts`)",
-                        "## Regimes (`mode:`)"]
+                        "## Filters (`filters[].kind:`)", "## Regimes (`mode:`)"]
     before, regimes = markdown.split("## Regimes (`mode:`)")
     regime_models = [*get_args(get_args(config.ModeSpec)[0]), config.NamedTeacher, config.UnlabelledData]
     for model in regime_models:

@@ -45,6 +45,9 @@ UNION_STYLES: dict[type[BaseModel], UnionStyle] = {
         "Prompt sources (`generate.prompts`)", "prompt-sources", "prompt source",
         "{paths} takes one of these, told apart by their keys: prompts drawn from the task suite (`task:`) or read "
         "from your file (`path:`)."),
+    config.LengthFilter: UnionStyle(
+        "Filters (`filters[].kind:`)", "filters", "filter",
+        "{paths} is a list of these, run in order by distill filter, each chosen by `{key}`."),
 }
 ROOT_HEADING = "Sections"
 ROOT_INTRO = ("The top-level keys of a recipe, then the sections under them. A recipe is YAML (or a dict in "

@@ -16,6 +16,7 @@ from distill.config.generation import (
     FilePromptsConfig,
     FilterSpec,
     GenerationConfig,
+    LengthFilter,
     TaskPromptsConfig,
 )
 from distill.config.loading import (
@@ -52,6 +53,7 @@ from distill.config.sections import (
                                     ObjectiveConfig,
                                     OutputConfig,
                                     StudentConfig,
+                                    TaskSuiteEvaluation,
                                     TeacherConfig,
                                     TermConfig,
                                     TrainingConfig,
@@ -65,7 +67,8 @@ from distill.config.specs import (
                                     SavedSpec,
 )
 
-__all__ = ["DecodingConfig", "FilePromptsConfig", "FilterSpec", "GenerationConfig", "TaskPromptsConfig",
+__all__ = ["DecodingConfig", "FilePromptsConfig", "FilterSpec", "GenerationConfig", "LengthFilter", "TaskPromptsConfig",
+    "TaskSuiteEvaluation",
     "AssistantChainMode", "AugmentConfig", "BornAgainMode", "CNNSpec", "CompressConfig", "CounterfactualMode",
     "DataConfig", "DataFreeMode", "EvaluationConfig", "FromTeacherSpec", "HFConfigSpec", "HFSpec",
     "LMDataConfig", "MLPSpec", "ModeSpec", "ModelSpec", "MultiTeacherMode", "MutualMode", "NamedTeacher",

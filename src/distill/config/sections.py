@@ -377,6 +377,16 @@ StudentConfig.model_rebuild()
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
+class TaskSuiteEvaluation(StrictSection):
+    """Exact-match accuracy of each model on problems of the verifiable task suite, answered greedily."""
+    task: str = Field(description="A task of distill.tasks, e.g. arithmetic.")
+    split: Literal["train", "test"] = Field("test", description="Its split (test: never in training data drawn from "
+                                            "the suite).")
+    count: int = Field(200, gt=0, description="Problems asked (the seed-0 draw).")
+    max_new_tokens: int = Field(96, gt=0, description="Tokens each answer may take.")
+    batch_size: int = Field(16, gt=0, description="Problems answered together.")
+
+
 class EvaluationConfig(StrictSection):
     """How the run's models are measured on the test split once training is done (``metrics.json``). These
     settings may change when a run is resumed."""
@@ -399,6 +409,9 @@ class EvaluationConfig(StrictSection):
                                  "reported); raise it on a noisy machine.")
     calibration_bins: int = Field(15, gt=0, description="Equal-width confidence bins of the ECE and the reliability "
                                   "diagram (classification and language-modeling).")
+    task_suite: TaskSuiteEvaluation | None = Field(None, description="For language-modeling: also have every model "
+                                                   "answer a task of distill.tasks (greedy) and count exact matches, "
+                                                   "independently of any teacher-generated data.")
 
 
 class CompressConfig(StrictSection):

@@ -302,6 +302,12 @@ def _file_records(path: str, column: str, fmt: str | None) -> list[Any]:
     location = Path(path).expanduser()
     if not location.exists():
         raise DistillError(f"data file {location} does not exist")
+    from distill.data.records import INDEX_FILE
+
+    if (location / INDEX_FILE).is_file():  # records of distill generate / distill filter
+        from distill.data.records import as_chats
+
+        return as_chats(location, column)
     splits = load_file_splits(location, infer_format(location, fmt), str(resolve_cache_dir() / "datasets"))
     dataset = pick_split(splits, location, ("train",))
     if column not in dataset.column_names:

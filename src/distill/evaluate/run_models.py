@@ -25,8 +25,15 @@ def evaluate_run_models(config: Any, models: dict[str, nn.Module], data: Any, ru
     if task == "language-modeling":
         from distill.evaluate.lm import evaluate_language_models
 
-        return evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=vocab_size,
-                                        model_dirs=model_dirs)
+        metrics = evaluate_language_models(models, data.test, evaluation=config.evaluation, vocab_size=vocab_size,
+                                           model_dirs=model_dirs)
+        if config.evaluation.task_suite is not None:
+            from distill.evaluate.task_suite import task_suite_metrics
+
+            for name, row in task_suite_metrics(models, data.tokenizer, config.evaluation.task_suite).items():
+                metrics[name].update(row)
+            metrics["task_suite"] = config.evaluation.task_suite.model_dump(mode="json")
+        return metrics
     if task == "classification":
         from distill.evaluate.compare import evaluate_models
 

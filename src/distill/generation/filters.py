@@ -86,7 +86,7 @@ def _near_dedup(config: Any, records: list[dict[str, Any]]) -> Reasons:
 def eval_items(source: Any) -> list[tuple[str, str]]:
     """(item id, text) of an evaluation set."""
     if source.task is not None:
-        from distill import tasks
+        import distill.tasks as tasks
 
         # the question is what must not leak into training data; its answer alone is too short to tell
         return [(item.id, item.prompt) for item in tasks.examples(source.task, source.split, source.count, 0)]
@@ -129,7 +129,7 @@ def _contamination(config: Any, records: list[dict[str, Any]], matched: Counter)
 
 
 def _verify(config: Any, records: list[dict[str, Any]]) -> Reasons:
-    from distill import tasks
+    import distill.tasks as tasks
 
     def reason(record: dict[str, Any]) -> str | None:
         reference = record.get("reference")

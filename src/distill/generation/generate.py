@@ -11,10 +11,10 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from distill.data.records import RecordStore
 from distill.errors import DistillError
 from distill.generation.local import Answer, LocalBackend
 from distill.generation.prompts import Prompt, read_prompts
-from distill.generation.records import RecordStore
 
 
 def load_generator(config: Any) -> tuple[Any, Any]:

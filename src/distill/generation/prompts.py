@@ -32,7 +32,7 @@ def read_prompts(config: Any) -> list[Prompt]:
     """The prompts of a ``generate.prompts`` section, in a fixed order."""
     source = config.prompts
     if hasattr(source, "task"):
-        from distill import tasks
+        import distill.tasks as tasks
 
         return [Prompt(item.id, item.prompt, item.answer, item.task)
                 for item in tasks.examples(source.task, source.split, source.count, source.seed)]

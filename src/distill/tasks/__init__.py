@@ -1,7 +1,7 @@
 """Verifiable tasks: procedurally generated problems with a gold answer, a gold step-by-step rationale and an exact
 checker, for generation, on-policy and rationale distillation (where the teacher's mistakes must be countable).
 
-    from distill import tasks
+    import distill.tasks as tasks
     train = tasks.examples("arithmetic", "train", 1000, seed=0)
     tasks.is_correct("arithmetic", "... Answer: 936", train[0])
 

@@ -112,3 +112,38 @@ class RecordStore:
 
     def __len__(self) -> int:
         return sum(shard["records"] for shard in self.index["shards"])
+
+
+def read_generated(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records of a finished ``distill generate`` folder, and its index."""
+    folder = Path(folder)
+    index_path = folder / INDEX_FILE
+    if not index_path.is_file():
+        raise DistillError(f"{folder} holds no generated records (no {INDEX_FILE}); make them with distill generate")
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as error:
+        raise DistillError(f"{index_path} cannot be read ({error})") from None
+    store = RecordStore(folder, index["fingerprint"])
+    if not index.get("complete"):
+        raise DistillError(f"the generation in {folder} is not finished ({len(store)} records so far); run the same "
+                           "distill generate command again to finish it, then filter")
+    return list(store.records()), index
+
+
+def as_chats(folder: str | Path, column: str) -> list[list[dict[str, str]]]:
+    """A finished folder of generated (or kept) records as chats for sequence-level distillation: the prompt as
+    the user's turn (or the prompt's own messages), the teacher's answer as the assistant's, so the student's loss
+    falls on the answer alone."""
+    if column != "messages":
+        raise DistillError(f"{folder} holds generated records, read as chats: set data.lm.format: chat (and leave "
+                           "data.lm.messages_column at messages)")
+    records, _ = read_generated(folder)
+    if not records:
+        raise DistillError(f"{folder} holds no records (every one was filtered out?); there is nothing to train on")
+    chats = []
+    for record in records:
+        prompt = record["prompt"]
+        turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        chats.append([*turns, {"role": "assistant", "content": record["completion"]}])
+    return chats
