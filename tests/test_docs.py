@@ -119,6 +119,8 @@ DECISIONS: dict[str, Any] = {
              "local Llama, killed mid-way and resumed"),
     "distill filter arithmetic-answers.yaml -i data/arith-gen -o data/arith-kept":
         Skip("reads the generation above; tests/test_filters.py runs distill filter on planted records"),
+    "distill serve runs/arith/teacher --port 8000":
+        Skip("a server that runs until stopped; tests/test_serve.py serves a tiny local Llama on a free port"),
     # docs/benchmarks.md (its python benchmarks/*.py lines are parsed, see the module docstring)
     "distill train llm-logit-kd --output runs/smol --set training.max_steps=24 --set training.batch_size=4 "
     "--set training.log_every=4 --set training.checkpoint_every=24 --set evaluation.max_test_tokens=2048": PLAN,

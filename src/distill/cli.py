@@ -85,6 +85,36 @@ def generate(recipe: str, output: str, overrides: tuple[str, ...], quiet: bool) 
     click.echo(f"{summary['records']} records for {summary['prompts']} prompts in {output}{speed}")
 
 
+@main.command()
+@click.argument("model")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (only this machine by "
+              "default)")
+@click.option("--port", default=8000, show_default=True, type=int, help="port (0: a free one)")
+@click.option("--api-key-env", default=None, metavar="NAME", help="require the API key held in this environment "
+              "variable (Authorization: Bearer KEY)")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--max-batch", default=16, show_default=True, type=int, help="concurrent requests answered together")
+@_friendly
+def serve(model: str, host: str, port: int, api_key_env: str | None, dtype: str, max_batch: int) -> None:
+    """Serve MODEL (a causal LM: folder, hub id, package:NAME or run directory) behind an OpenAI-compatible API:
+    /v1/chat/completions, /v1/completions, /v1/models."""
+    from distill.generation.serve import check_port, create_app, free_port, load_served_model
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise DistillError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    port = port or free_port(host)
+    check_port(host, port)  # before the model loads
+    loaded, tokenizer, name = load_served_model(model, dtype)
+    app = create_app(loaded, tokenizer, model_name=name, api_key=api_key, max_batch=max_batch)
+    import uvicorn
+
+    click.echo(f"serving {name} at http://{host}:{port}/v1 (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @main.command(name="filter")
 @click.argument("recipe")
 @click.option("--input", "-i", "source", required=True, type=click.Path(file_okay=False),

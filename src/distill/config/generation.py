@@ -50,6 +50,24 @@ class DecodingConfig(StrictSection):
         return self
 
 
+class EndpointConfig(StrictSection):
+    """An OpenAI-compatible server as the teacher (distill serve, vLLM, SGLang, llama.cpp, a hosted API)."""
+    url: str = Field(description="Base URL of the API, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="The model name the server knows the teacher by.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (null: none sent).")
+    concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
+    timeout: float = Field(120.0, gt=0, description="Seconds a request may take before it is retried.")
+    retries: int = Field(3, ge=0, description="Retries of a request that failed with a connection error, a "
+                         "timeout, 429 or a 5xx, with exponential back-off; then the command stops, keeping the "
+                         "records so far.")
+
+    @model_validator(mode="after")
+    def _http(self) -> "EndpointConfig":
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"generate.endpoint.url must start with http:// or https://, got {self.url!r}")
+        return self
+
+
 class GenerationConfig(StrictSection):
     """Teacher-generated data: ``distill generate RECIPE -o DATA`` has ``teacher.model`` answer these prompts and
     writes provenance-stamped records (append-only JSONL shards; a rerun after a kill continues)."""
@@ -62,6 +80,8 @@ class GenerationConfig(StrictSection):
         "auto", description="Wrap plain prompts in the tokenizer's chat template: auto (when it has one), always "
         "(refused without one), never. Chat prompts always use it.")
     shard_records: int = Field(1000, gt=0, description="Records per JSONL shard of the output.")
+    endpoint: EndpointConfig | None = Field(None, description="Answer through an OpenAI-compatible server instead "
+                                            "of teacher.model in this process (null: in process).")
 
 
 # --------------------------------------------------------------------------------------------------- filters

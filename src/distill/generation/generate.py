@@ -47,10 +47,22 @@ def provenance(config: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
             "seed": config.seed, "backend": "local", "distill_version": __version__}
 
 
+def endpoint_provenance(config: Any) -> dict[str, Any]:
+    """Provenance of answers from a server: its URL and model name stand for weights no one here can hash."""
+    from distill.version import __version__
+
+    endpoint = config.generate.endpoint
+    return {"teacher": {"endpoint": endpoint.url, "model": endpoint.model}, "weights": None, "tokenizer": None,
+            "chat_template": None, "decoding": config.generate.decoding.model_dump(mode="json"),
+            "chat": config.generate.chat, "seed": config.seed, "backend": "endpoint", "distill_version": __version__}
+
+
 def _record(prompt: Prompt, sample: int, answer: Answer, shared: dict[str, Any], created: str) -> dict[str, Any]:
     return {"key": f"{prompt.id}#{sample}", "prompt_id": prompt.id, "prompt_hash": prompt.hash, "sample": sample,
             "prompt": prompt.content, "completion": answer.text, "reference": prompt.reference, "task": prompt.task,
-            "tokens": answer.tokens, "mean_logprob": round(answer.logprob_sum / max(answer.tokens, 1), 6),
+            "tokens": answer.tokens,
+            "mean_logprob": None if answer.logprob_sum is None else round(answer.logprob_sum / max(answer.tokens, 1),
+                                                                            6),
             "finish_reason": answer.finish_reason, "provenance": {**shared, "created": created}}
 
 
@@ -63,11 +75,18 @@ def generate(recipe: Any, output: str | Path, *, overrides: list[str] | None = N
     if config.generate is None:
         raise DistillError("the recipe has no generate section: add generate: {prompts: ..., decoding: ...}")
     prompts = read_prompts(config.generate)
-    model, tokenizer = load_generator(config)
-    shared = provenance(config, model, tokenizer)
+    endpoint = config.generate.endpoint
+    if endpoint is not None:
+        from distill.generation.endpoint import EndpointBackend
+
+        shared = endpoint_provenance(config)
+        backend: Any = EndpointBackend(endpoint, config.generate.decoding, config.generate.chat)
+    else:
+        model, tokenizer = load_generator(config)
+        shared = provenance(config, model, tokenizer)
+        backend = LocalBackend(model, tokenizer, config.generate.decoding, config.generate.chat)
     store = RecordStore(output, {key: shared[key] for key in shared if key != "distill_version"},
                         shard_records=config.generate.shard_records)
-    backend = LocalBackend(model, tokenizer, config.generate.decoding, config.generate.chat)
     samples = config.generate.decoding.n
     batches = backend.batches(prompts, config.generate.batch_size)
     todo = [batch for batch in batches

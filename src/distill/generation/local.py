@@ -23,8 +23,11 @@ from distill.generation.prompts import Prompt
 class Answer:
     text: str
     tokens: int              # generated tokens, up to the end of the answer
-    logprob_sum: float       # of those tokens under the teacher
+    logprob_sum: float | None  # of those tokens under the teacher (None: a server that gave no logprobs)
     finish_reason: str       # stop (end-of-sequence or a stop string) or length
+    token_ids: tuple[int, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()  # per token: the k likeliest (id, log-prob)
 
 
 class LocalBackend:
@@ -59,8 +62,9 @@ class LocalBackend:
         return [encoded[start:start + batch_size] for start in range(0, len(encoded), batch_size)]
 
     @torch.no_grad()
-    def answer(self, batch: list[tuple[Prompt, list[int]]], seed: int) -> list[list[Answer]]:
-        """``decoding.n`` answers to each prompt of ``batch``."""
+    def answer(self, batch: list[tuple[Prompt, list[int]]], seed: int, top_logprobs: int = 0) -> list[list[Answer]]:
+        """``decoding.n`` answers to each prompt of ``batch`` (with the ``top_logprobs`` likeliest tokens of each
+        step)."""
         decoding, device = self.decoding, next(self.model.parameters()).device
         width = max(len(ids) for _, ids in batch)
         pad = self.tokenizer.pad_token_id
@@ -77,10 +81,12 @@ class LocalBackend:
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
         generated = output.sequences[:, width:]
         logprobs = token_logprobs(output.logits, generated)
-        answers = [self._answer(generated[row], logprobs[row]) for row in range(generated.shape[0])]
+        top = top_tokens(output.logits, top_logprobs) if top_logprobs else None
+        answers = [self._answer(generated[row], logprobs[row], None if top is None else top[row])
+                   for row in range(generated.shape[0])]
         return [answers[index * decoding.n:(index + 1) * decoding.n] for index in range(len(batch))]
 
-    def _answer(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> Answer:
+    def _answer(self, tokens: torch.Tensor, logprobs: torch.Tensor, top: list[Any] | None) -> Answer:
         eos = self.tokenizer.eos_token_id
         ids = tokens.tolist()
         ended = eos is not None and eos in ids
@@ -92,7 +98,9 @@ class LocalBackend:
         if cut >= 0:
             text, ended = text[:cut], True
         finish = "stop" if ended or length < len(ids) else "length"
-        return Answer(text, length, round(float(logprobs[:length].sum()), 6), finish)
+        values = logprobs[:length].tolist()
+        return Answer(text, length, round(sum(values), 6), finish, tuple(ids[:length]), tuple(values),
+                      tuple(top[:length]) if top is not None else ())
 
 
 def batch_seed(seed: int, prompt_ids: list[str]) -> int:
@@ -109,3 +117,14 @@ def token_logprobs(step_logits: tuple[torch.Tensor, ...], generated: torch.Tenso
         chosen = logits.gather(-1, generated[:, step:step + 1]).squeeze(-1)
         values.append(chosen - torch.logsumexp(logits, dim=-1))
     return torch.stack(values, dim=1) if values else generated.new_zeros(generated.shape, dtype=torch.float)
+
+
+def top_tokens(step_logits: tuple[torch.Tensor, ...], k: int) -> list[list[tuple[tuple[int, float], ...]]]:
+    """Per row and step, the ``k`` likeliest tokens with their log-probabilities."""
+    rows: list[list[tuple[tuple[int, float], ...]]] = [[] for _ in range(step_logits[0].shape[0])] if step_logits \
+        else []
+    for logits in step_logits:
+        values, ids = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+        for row in range(values.shape[0]):
+            rows[row].append(tuple(zip(ids[row].tolist(), [round(value, 6) for value in values[row].tolist()])))
+    return rows

@@ -1,0 +1,105 @@
+"""The endpoint backend: any OpenAI-compatible server answers (``generate.endpoint``), ``concurrency`` requests at
+a time (httpx), retried with exponential back-off on connection errors, timeouts, 429 and 5xx. Chat prompts (and
+plain ones, unless ``generate.chat: never``) go to ``/chat/completions`` with ``logprobs``; a server that returns
+none leaves ``mean_logprob`` empty, which the ``self_score`` filter then refuses by name."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from distill.errors import DistillError
+from distill.generation.local import Answer, batch_seed
+from distill.generation.prompts import Prompt
+
+RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class EndpointBackend:
+    def __init__(self, endpoint: Any, decoding: Any, chat: str = "auto"):
+        import httpx
+
+        self.endpoint, self.decoding, self.chat = endpoint, decoding, chat
+        key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+        if endpoint.api_key_env and not key:
+            raise DistillError(f"generate.endpoint.api_key_env: the environment variable {endpoint.api_key_env} is "
+                               "not set")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(base_url=endpoint.url.rstrip("/"), headers=headers, timeout=endpoint.timeout)
+
+    def batches(self, prompts: list[Prompt], batch_size: int) -> list[list[tuple[Prompt, None]]]:
+        return [[(prompt, None) for prompt in prompts[start:start + batch_size]]
+                for start in range(0, len(prompts), batch_size)]
+
+    def answer(self, batch: list[tuple[Prompt, Any]], seed: int) -> list[list[Answer]]:
+        with ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
+            return list(pool.map(lambda pair: self._ask(pair[0], seed), batch))
+
+    def _request(self, prompt: Prompt, seed: int) -> tuple[str, dict[str, Any]]:
+        decoding = self.decoding
+        body: dict[str, Any] = {"model": self.endpoint.model, "max_tokens": decoding.max_new_tokens,
+                                "temperature": decoding.temperature, "top_p": decoding.top_p, "n": decoding.n,
+                                "seed": batch_seed(seed, [prompt.id]) % (2 ** 31)}
+        if decoding.stop:
+            body["stop"] = list(decoding.stop)
+        if isinstance(prompt.content, list) or self.chat != "never":
+            messages = prompt.content if isinstance(prompt.content, list) else [
+                {"role": "user", "content": prompt.content}]
+            return "/chat/completions", {**body, "messages": messages, "logprobs": True}
+        return "/completions", {**body, "prompt": prompt.content, "logprobs": 0}
+
+    def _ask(self, prompt: Prompt, seed: int) -> list[Answer]:
+        path, body = self._request(prompt, seed)
+        reply = self._post(path, body, prompt)
+        choices = sorted(reply.get("choices") or [], key=lambda choice: choice.get("index", 0))
+        if len(choices) != self.decoding.n:
+            raise DistillError(f"endpoint {self.endpoint.url}: asked for {self.decoding.n} answers to prompt "
+                               f"{prompt.id}, got {len(choices)}")
+        shared_tokens = ((reply.get("usage") or {}).get("completion_tokens") or 0) // max(len(choices), 1)
+        return [_answer(choice, path, shared_tokens) for choice in choices]
+
+    def _post(self, path: str, body: dict[str, Any], prompt: Prompt) -> dict[str, Any]:
+        import httpx
+
+        url = f"{self.endpoint.url.rstrip('/')}{path}"
+        problem = ""
+        for attempt in range(self.endpoint.retries + 1):
+            if attempt:
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 30.0))
+            try:
+                response = self.client.post(path, json=body)
+            except httpx.TimeoutException:
+                problem = f"timed out after {self.endpoint.timeout:g} s"
+                continue
+            except httpx.TransportError as error:
+                problem = f"unreachable ({error})"
+                continue
+            if response.status_code in RETRIED_STATUS:
+                problem = f"answered {response.status_code} {response.reason_phrase}"
+                continue
+            if response.status_code >= 400:
+                raise DistillError(f"endpoint {url} refused prompt {prompt.id}: {response.status_code} "
+                                   f"{response.text[:300]}")
+            try:
+                return response.json()
+            except ValueError:
+                raise DistillError(f"endpoint {url} answered prompt {prompt.id} with something that is not "
+                                   "JSON") from None
+        raise DistillError(f"endpoint {url} {problem}, {self.endpoint.retries + 1} attempts for prompt {prompt.id}. "
+                           "The records generated so far are kept; run the same command again to continue")
+
+
+def _answer(choice: dict[str, Any], path: str, usage_tokens: int) -> Answer:
+    finish = "length" if choice.get("finish_reason") == "length" else "stop"
+    logprobs = choice.get("logprobs") or {}
+    if path == "/chat/completions":
+        text = (choice.get("message") or {}).get("content") or ""
+        values = [step.get("logprob") for step in logprobs.get("content") or []]
+    else:
+        text = choice.get("text") or ""
+        values = list(logprobs.get("token_logprobs") or [])
+    if not values or any(value is None for value in values):
+        return Answer(text, len(values) or usage_tokens, None, finish)  # type: ignore[arg-type]
+    return Answer(text, len(values), round(sum(values), 6), finish, token_logprobs=tuple(values))
