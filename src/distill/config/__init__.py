@@ -17,6 +17,7 @@ from distill.config.generation import (
     FilterSpec,
     GenerationConfig,
     LengthFilter,
+    SelfInstructConfig,
     TaskPromptsConfig,
 )
 from distill.config.loading import (
@@ -67,8 +68,8 @@ from distill.config.specs import (
                                     SavedSpec,
 )
 
-__all__ = ["DecodingConfig", "FilePromptsConfig", "FilterSpec", "GenerationConfig", "LengthFilter", "TaskPromptsConfig",
-    "TaskSuiteEvaluation",
+__all__ = ["DecodingConfig", "FilePromptsConfig", "FilterSpec", "GenerationConfig", "LengthFilter",
+    "SelfInstructConfig", "TaskPromptsConfig", "TaskSuiteEvaluation",
     "AssistantChainMode", "AugmentConfig", "BornAgainMode", "CNNSpec", "CompressConfig", "CounterfactualMode",
     "DataConfig", "DataFreeMode", "EvaluationConfig", "FromTeacherSpec", "HFConfigSpec", "HFSpec",
     "LMDataConfig", "MLPSpec", "ModeSpec", "ModelSpec", "MultiTeacherMode", "MutualMode", "NamedTeacher",

@@ -30,6 +30,24 @@ class FilePromptsConfig(StrictSection):
     max_prompts: int | None = Field(None, gt=0, description="Use at most this many prompts, the first ones.")
 
 
+class SelfInstructConfig(StrictSection):
+    """Prompts the teacher writes itself (Self-Instruct, Wang et al. 2023): from a few seed instructions, it is
+    asked for new ones; a candidate is kept when its ROUGE-L to every instruction kept so far stays at or below
+    rouge_l_max (the paper's 0.7) and its length is within bounds."""
+    seeds: str = Field(description="A JSON(L) / CSV / parquet file (or save_to_disk folder) of seed instructions.")
+    column: str = Field("instruction", description="The seeds' column holding each instruction.")
+    count: int = Field(gt=0, description="How many new instructions to keep.")
+    per_request: int = Field(8, gt=0, description="New instructions asked for in each request.")
+    examples: int = Field(4, gt=0, description="Instructions shown in each request (seeds and kept ones, drawn at "
+                          "random; the paper: 6 seeds and 2 generated).")
+    rouge_l_max: float = Field(0.7, gt=0, le=1, description="A candidate whose ROUGE-L F-measure to any kept "
+                               "instruction exceeds this is rejected as too similar.")
+    min_words: int = Field(3, gt=0, description="Fewest words an instruction may have.")
+    max_words: int = Field(150, gt=0, description="Most words an instruction may have.")
+    max_requests: int | None = Field(None, gt=0, description="Stop after this many requests even if fewer than "
+                                     "count were kept (null: 5 x count / per_request + 10).")
+
+
 class DecodingConfig(StrictSection):
     """How the teacher decodes each answer."""
     max_new_tokens: int = Field(128, gt=0, description="Tokens generated at most per answer.")
@@ -71,8 +89,9 @@ class EndpointConfig(StrictSection):
 class GenerationConfig(StrictSection):
     """Teacher-generated data: ``distill generate RECIPE -o DATA`` has ``teacher.model`` answer these prompts and
     writes provenance-stamped records (append-only JSONL shards; a rerun after a kill continues)."""
-    prompts: TaskPromptsConfig | FilePromptsConfig = Field(description="Where the prompts come from: {task, "
-                                                           "count, ...} or {path, column, ...}.")
+    prompts: TaskPromptsConfig | FilePromptsConfig | SelfInstructConfig = Field(
+        description="Where the prompts come from: {task, count, ...}, {path, column, ...} or {seeds, count, ...} "
+        "(Self-Instruct: the teacher writes them).")
     decoding: DecodingConfig = Field(default_factory=DecodingConfig, description="How the teacher decodes.")
     batch_size: int = Field(8, gt=0, description="Prompts generated together (sorted by length, so a batch holds "
                             "prompts of about the same length).")

@@ -100,14 +100,15 @@ class RecordStore:
                 os.fsync(handle.fileno())
         shard["bytes"] += len(payload)
         shard["records"] += len(fresh)
-        self._commit()
+        self.commit()
         self.keys.update(record["key"] for record in fresh)
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.index.update(complete=True, summary=summary)
-        self._commit()
+        self.commit()
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.folder / INDEX_FILE, self.index)
 
     def __len__(self) -> int:

@@ -74,7 +74,6 @@ def generate(recipe: Any, output: str | Path, *, overrides: list[str] | None = N
     config = load_recipe(recipe, overrides)
     if config.generate is None:
         raise DistillError("the recipe has no generate section: add generate: {prompts: ..., decoding: ...}")
-    prompts = read_prompts(config.generate)
     endpoint = config.generate.endpoint
     if endpoint is not None:
         from distill.generation.endpoint import EndpointBackend
@@ -85,8 +84,18 @@ def generate(recipe: Any, output: str | Path, *, overrides: list[str] | None = N
         model, tokenizer = load_generator(config)
         shared = provenance(config, model, tokenizer)
         backend = LocalBackend(model, tokenizer, config.generate.decoding, config.generate.chat)
-    store = RecordStore(output, {key: shared[key] for key in shared if key != "distill_version"},
-                        shard_records=config.generate.shard_records)
+    fingerprint = {**{key: shared[key] for key in shared if key != "distill_version"},
+                   "prompts": config.generate.prompts.model_dump(mode="json"),
+                   "batch_size": config.generate.batch_size}  # batches are seeded as a whole
+    store = RecordStore(output, fingerprint, shard_records=config.generate.shard_records)
+    synthesis = None
+    if hasattr(config.generate.prompts, "seeds"):  # Self-Instruct: the teacher writes the prompts first
+        from distill.generation.self_instruct import synthesise
+
+        store.commit()  # the folder is this command's from now on (its prompts/ subfolder comes next)
+        prompts, synthesis = synthesise(config.generate.prompts, backend, Path(output), fingerprint, config.seed)
+    else:
+        prompts = read_prompts(config.generate)
     samples = config.generate.decoding.n
     batches = backend.batches(prompts, config.generate.batch_size)
     todo = [batch for batch in batches
@@ -107,7 +116,7 @@ def generate(recipe: Any, output: str | Path, *, overrides: list[str] | None = N
             progress.advance(task, len(batch))
     seconds = time.perf_counter() - started
     summary = {"prompts": len(prompts), "records": len(store), "generated_tokens_this_call": tokens,
-               "seconds_this_call": round(seconds, 3),
+               "seconds_this_call": round(seconds, 3), **({"self_instruct": synthesis} if synthesis else {}),
                "tokens_per_second": round(tokens / seconds, 2) if tokens and seconds > 0 else None}
     store.finish(summary)
     return summary
