@@ -246,3 +246,21 @@ def test_task_suite_metrics_count_exact_matches_and_inherited_errors(monkeypatch
     assert metrics["teacher"] == {"task_exact_match": 0.6}
     assert metrics["student"] == {"task_exact_match": 0.4, "task_answer_agreement": 0.6,
                                   "task_inherited_errors": 1, "task_teacher_errors": 2}
+
+
+def test_a_task_of_the_suite_is_chat_data_for_a_teacher_trained_here(tmp_path):
+    llama = {"kind": "hf-config", "architecture": "llama", "config": {
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "max_position_embeddings": 256}}
+    run = distill.train({"name": "task-teacher", "data": {
+        "dataset": "task:word_problems", "tokenizer": "builtin:kjv-bpe-512", "max_length": 192,
+        "lm": {"format": "chat", "task_train": 40, "task_test": 8, "rationales": False}},
+        "teacher": {"model": llama, "train": {"max_steps": 2, "batch_size": 8}},
+        "evaluation": {"task": "language-modeling", "task_suite": {"task": "word_problems", "count": 4,
+                                                                  "max_new_tokens": 6}}},
+        output=tmp_path / "run", show_progress=False)
+    data = run.metrics["data"]
+    assert data["name"] == "task:word_problems" and data["train"]["records"] == 40 and data["test"]["records"] == 8
+    # answers only: the supervised tokens of a record are its "Answer: N" line (and the end of the turn)
+    assert data["train"]["supervised_tokens"] < 40 * 12
+    assert 0 <= run.metrics["teacher"]["task_exact_match"] <= 1

