@@ -264,3 +264,39 @@ def test_a_task_of_the_suite_is_chat_data_for_a_teacher_trained_here(tmp_path):
     # answers only: the supervised tokens of a record are its "Answer: N" line (and the end of the turn)
     assert data["train"]["supervised_tokens"] < 40 * 12
     assert 0 <= run.metrics["teacher"]["task_exact_match"] <= 1
+
+
+def test_one_recipe_generates_filters_distils_and_evaluates(teacher, tmp_path):
+    from distill.run import describe
+
+    student = {"kind": "hf-config", "architecture": "llama", "config": {
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "max_position_embeddings": 256}}
+    recipe = {**_recipe(teacher, prompts={"task": "addition", "count": 20}, batch_size=10),
+              "filters": [{"kind": "length", "drop_truncated": False}, {"kind": "exact_dedup", "on": "completion"}],
+              "data": {"dataset": "generated", "tokenizer": str(teacher), "max_length": 96,
+                       "lm": {"format": "chat", "test_fraction": 0.2}},
+              "student": {"model": student}, "baseline": True,
+              "objective": {"terms": [{"loss": "token_ce", "student": "final_hidden"}]},
+              "training": {"max_steps": 2, "batch_size": 4},
+              "evaluation": {"task": "language-modeling",
+                             "task_suite": {"task": "addition", "count": 4, "max_new_tokens": 6}}}
+    stages = [line.split()[1] for line in describe(recipe).splitlines() if line[:1].isdigit()]
+    assert stages == ["generate", "filter", "data", "prepare", "pair", "baseline", "student", "evaluate"]
+    run = distill.train(recipe, output=tmp_path / "run", show_progress=False)
+    metrics = run.metrics
+    kept = _records(tmp_path / "run" / "kept")
+    assert metrics["stages"]["student"]["steps"] == 2 and metrics["stages"]["filter"]["records"] == 40
+    assert metrics["stages"]["filter"]["kept"] == len(kept) and set(metrics["stages"]["filter"]["dropped"]) == {
+        "length", "exact_dedup"}
+    assert metrics["data"]["name"] == "generated"
+    assert metrics["data"]["train"]["records"] + metrics["data"]["test"]["records"] == len(kept)
+    assert json.loads((tmp_path / "run" / "kept" / "filter_report.json").read_text())["records"] == 40
+    assert {"task_exact_match", "perplexity"} <= set(metrics["student"])
+    done = json.loads((tmp_path / "run" / "generate" / "stage_done.json").read_text())
+    assert done["records"] == 40 and done["prompts"] == 20
+    index = (tmp_path / "run" / "generated" / INDEX_FILE).read_bytes()
+    distill.train(recipe, output=tmp_path / "run", resume=True, show_progress=False)
+    assert (tmp_path / "run" / "generated" / INDEX_FILE).read_bytes() == index  # nothing generated again
+    with pytest.raises(distill.DistillError, match="the teacher generates the data, so it is not trained here"):
+        distill.load_recipe({**recipe, "teacher": {**recipe["teacher"], "train": {"max_steps": 1}}})

@@ -28,6 +28,7 @@ from torch import nn
 
 from distill.checkpoint import PARTIAL, check_writable, write_json_atomic
 from distill.config import Recipe, load_recipe, read_yaml
+from distill.config.sections import GENERATED
 from distill.data.recipe_data import RunData, load_data
 from distill.errors import DistillError
 from distill.evaluate.run_models import evaluate_run_models, evaluation_task
@@ -297,7 +298,7 @@ def _evaluate(context: RunContext) -> None:
         "recipe": config.name, "seed": config.seed,
         "steps": context.stages.get("student", context.stages.get("teacher", {})).get("steps"),
         "stages": {name: facts for name, facts in context.stages.items()
-                   if name in ("general", "teacher", "baseline", "student", FINETUNED)},
+                   if name in ("generate", "filter", "general", "teacher", "baseline", "student", FINETUNED)},
         "data": data.summary, "wall_seconds": round(time.perf_counter() - context.started, 3),
     })
     on_main(lambda: write_json_atomic(run_dir / "metrics.json", metrics))
@@ -320,6 +321,10 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
     if config.data is None:
         raise DistillError("the recipe has a generate section and no data: it makes teacher data, it trains nothing. "
                            "Run distill generate RECIPE -o DATA")
+    if config.data.dataset == GENERATED and "data" not in given:
+        from distill.generation.stages import generation_stages
+
+        return [*generation_stages(config), *plan(config, {*given, "data"})]
     if config.mode is not None:
         from distill.modes import plan as mode_plan
 
@@ -421,11 +426,13 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
     started = time.perf_counter()
     config = load_recipe(recipe, overrides)
     given = _given_modules(teacher, student)
-    stages = plan(config, set(given))
+    generated = config.data is not None and config.data.dataset == GENERATED and data is None
+    stages = plan(config, set(given) | ({"data"} if data is not None else set()))
     run_dir = check_run_dir(config, output, resume)
-    data = data or load_data(config)
-    context = RunContext(config, run_dir, data, resume, show_progress, artifacts={"data": data, **given},
-                         started=started)
+    if not generated:  # generated data is read by the plan's data stage, once it exists
+        data = data or load_data(config)
+    context = RunContext(config, run_dir, data, resume, show_progress,
+                         artifacts={**({"data": data} if data is not None else {}), **given}, started=started)
     run_stages(stages, context)
     artifacts = context.artifacts
     return RunResult(run_dir, artifacts["metrics"], artifacts.get("student"), artifacts.get("teacher"),
@@ -435,4 +442,5 @@ def train(recipe: str | Path | dict[str, Any] | Recipe, *, output: str | Path | 
 def describe(recipe: str | Path | dict[str, Any] | Recipe, overrides: list[str] | None = None) -> str:
     """The stages ``recipe`` will run, in order, with what each reads and writes; nothing is built."""
     config = load_recipe(recipe, overrides)
-    return describe_plan(plan(config), {"data"})
+    generated = config.data is not None and config.data.dataset == GENERATED
+    return describe_plan(plan(config), set() if generated else {"data"})

@@ -69,6 +69,19 @@ class Recipe(StrictSection):
         return self
 
     @model_validator(mode="after")
+    def _generated_data(self) -> "Recipe":
+        if self.data is None or self.data.dataset != "generated":
+            return self
+        if self.generate is None:
+            raise ValueError("data.dataset generated trains on the records the recipe's generate section makes, and "
+                             "the recipe has none: add generate: {prompts: ..., decoding: ...}")
+        if self.teacher.train is not None or self.mode is not None:
+            raise ValueError("data.dataset generated: the teacher generates the data, so it is not trained here ("
+                             + ("teacher.train is set" if self.teacher.train is not None else "a mode is set")
+                             + "); train it with a recipe of its own (e.g. on dataset task:NAME) and give its folder")
+        return self
+
+    @model_validator(mode="after")
     def _cache_without_augmentation(self) -> "Recipe":
         if (self.teacher.cache is not None and self.training.augment.shift > 0
                 and not self.teacher.cache_allow_augmentation):

@@ -21,6 +21,9 @@ class AugmentConfig(StrictSection):
                        "inputs shaped (C, L) or (C, H, W).")
 
 
+GENERATED = "generated"  # data.dataset: the records the run's own generate and filters stages make
+
+
 class LMDataConfig(StrictSection):
     """Causal-LM data (implied by dataset kjv-text): plain text packed into blocks of data.max_length tokens, or
     chat records (a list of {role, content} messages) rendered with the tokenizer's chat template, the loss on
@@ -78,7 +81,8 @@ class DataConfig(StrictSection):
     dataset: str | None = Field(None, description="Built-in dataset: mnist, mnist5k, mnist1d, digits, kjv-verses, "
                                 "kjv-genre (verse -> genre of its book, 6 classes), kjv-text (King James text packed "
                                 "into LM blocks), task:NAME (a task of distill.tasks as chats with gold answers, for "
-                                "causal LMs). Exactly one of dataset and path "
+                                "causal LMs), generated (the records this run's generate section makes and its "
+                                "filters keep, as chats). Exactly one of dataset and path "
                                 "is set (checked).")
     path: str | None = Field(None, description="Your own CSV / JSON(L) / parquet file, or a folder saved by "
                              "datasets; needs features and label, or lm for language-model text (checked).")
@@ -167,7 +171,8 @@ class DataConfig(StrictSection):
 
     @property
     def is_language_modeling(self) -> bool:
-        return self.lm is not None or self.dataset == "kjv-text" or (self.dataset or "").startswith("task:")
+        return (self.lm is not None or self.dataset in ("kjv-text", GENERATED)
+                or (self.dataset or "").startswith("task:"))
 
 
 # --------------------------------------------------------------------------------------------------- training
