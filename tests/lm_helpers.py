@@ -27,3 +27,10 @@ def chats(count=8):
                "Let there be light.", "Behold, it was very good.", "Nay.", "The LORD is my shepherd; I shall not want."]
     return [[{"role": "user", "content": f"Question number {index}?"},
              {"role": "assistant", "content": answers[index % len(answers)]}] for index in range(count)]
+
+
+def saved_tiny_llama(folder, seed=0):
+    """A tiny Llama and the local tokenizer saved as one Hugging Face folder (a causal-LM teacher by path)."""
+    tiny_llama(vocab_size=512, hidden=32, layers=2, seed=seed).save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    return folder

@@ -12,15 +12,12 @@ from distill.data.records import INDEX_FILE, RecordStore
 from distill.generation.filters import run_filters
 from distill.generation.generate import generate
 from distill.generation.serve import create_app, free_port, serving
-from lm_helpers import tiny_llama, tokenizer
+from lm_helpers import saved_tiny_llama, tokenizer
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teacher")
-    tiny_llama(vocab_size=512, hidden=32, layers=2, seed=0).save_pretrained(folder)
-    tokenizer().save_pretrained(folder)
-    return folder
+    return saved_tiny_llama(tmp_path_factory.mktemp("teacher"))
 
 
 def _recipe(teacher=None, endpoint=None, count=6, **decoding):

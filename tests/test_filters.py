@@ -153,3 +153,13 @@ def test_filter_input_that_cannot_work_is_refused(tmp_path, case, message):
     result = CliRunner().invoke(main, ["filter", str(path), "-i", str(folder), "-o", str(tmp_path / "kept")])
     assert result.exit_code == 2 and "Traceback" not in result.output and message in result.output, result.output
     assert not (tmp_path / "kept" / "index.json").exists()
+
+
+def test_task_problems_leak_only_as_whole_problems_not_by_their_shared_template():
+    train = tasks.examples("word_problems", "train", 300, seed=0)
+    leaked = tasks.examples("word_problems", "test", 3, seed=0)
+    records = [_record(item.id, item.prompt, item.completion()) for item in [*train, *leaked]]
+    _, report = run_filters(records, _filters({"kind": "contamination", "sets": [
+        {"name": "wp-test", "task": "word_problems", "count": 1000}]}))
+    assert report["filters"][0]["dropped"] == 3  # the 300 train problems share 13-grams with test ones, no more
+    assert {name.split("/")[1] for name in report["filters"][0]["matched_items"]} == {item.id for item in leaked}

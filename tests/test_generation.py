@@ -19,15 +19,12 @@ from distill.cli import main
 from distill.data.records import INDEX_FILE, RecordStore
 from distill.generation.generate import generate
 from distill.generation.local import token_logprobs
-from lm_helpers import tiny_llama, tokenizer
+from lm_helpers import saved_tiny_llama, tiny_llama, tokenizer
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teacher")
-    tiny_llama(vocab_size=512, hidden=32, layers=2, seed=0).save_pretrained(folder)
-    tokenizer().save_pretrained(folder)
-    return folder
+    return saved_tiny_llama(tmp_path_factory.mktemp("teacher"))
 
 
 def _recipe(teacher, **generate_section):
@@ -300,3 +297,25 @@ def test_one_recipe_generates_filters_distils_and_evaluates(teacher, tmp_path):
     assert (tmp_path / "run" / "generated" / INDEX_FILE).read_bytes() == index  # nothing generated again
     with pytest.raises(distill.DistillError, match="the teacher generates the data, so it is not trained here"):
         distill.load_recipe({**recipe, "teacher": {**recipe["teacher"], "train": {"max_steps": 1}}})
+
+
+def test_generated_records_are_held_out_by_prompt(teacher, tmp_path):
+    from distill.data.lm import load_lm_splits
+
+    generate(_recipe(teacher, prompts={"task": "addition", "count": 20}), tmp_path / "gen", show_progress=False)
+    config = distill.load_recipe({"data": {"path": str(tmp_path / "gen"), "max_length": 64,
+                                           "tokenizer": "builtin:kjv-bpe-512",
+                                           "lm": {"format": "chat", "test_fraction": 0.25}},
+                                  "generate": {"prompts": {"task": "addition", "count": 1}}})
+    splits = load_lm_splits(config.data, tokenizer(), seed=0)
+    assert len(splits.test) == 2 * 5 and len(splits.train) == 2 * 15  # 5 of 20 prompts, both answers of each
+
+    def prompts(dataset):  # the unsupervised head of each example: the prompt's tokens
+        heads = []
+        for index in range(len(dataset)):
+            item = dataset[index]
+            first = int((item["labels"] != -100).nonzero()[0])
+            heads.append(tuple(item["input_ids"][:first].tolist()))
+        return heads
+    test_prompts, train_prompts = prompts(splits.test), prompts(splits.train)
+    assert len(set(test_prompts)) == 5 and not set(test_prompts) & set(train_prompts)

@@ -155,7 +155,8 @@ class EvalSetSource(StrictSection):
 
 class ContaminationFilter(StrictSection):
     """Drop records that share a word n-gram with an evaluation item (GPT-3's 13-gram rule), or that contain a
-    whole evaluation item shorter than n words, so short items are checked too."""
+    whole evaluation item shorter than n words, so short items are checked too. Items of a task split are matched
+    whole only: its problems share their template's wording, and only the same problem is a leak."""
     kind: Literal["contamination"] = Field("contamination", description="Selects this filter.")
     sets: list[EvalSetSource] = Field(min_length=1, description="The evaluation sets to check against.")
     n: int = Field(13, gt=0, description="Words per n-gram.")

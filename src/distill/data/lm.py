@@ -316,6 +316,18 @@ def _file_records(path: str, column: str, fmt: str | None) -> list[Any]:
     return list(dataset[column])
 
 
+def _record_groups(path: str) -> list[str] | None:
+    """The prompt of each generated record, in order (None for other files)."""
+    from pathlib import Path
+
+    from distill.data.records import INDEX_FILE, read_generated
+
+    location = Path(path).expanduser()
+    if not (location / INDEX_FILE).is_file():
+        return None
+    return [record["prompt_id"] for record in read_generated(location)[0]]
+
+
 def _build(records: list[Any], tokenizer: Any, data: Any, source: str) -> Dataset:
     options = data.lm
     if options.format == "text":
@@ -360,14 +372,18 @@ def load_lm_splits(data: Any, tokenizer: Any, seed: int) -> LMSplits:
         if data.test_path is not None:
             train_records, test_records = records, _file_records(data.test_path, column, data.format)
         else:
-            # Held out by record, before packing, so no test document leaks into a training block.
-            order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-            held_out = max(1, round(len(records) * options.test_fraction))
-            if held_out >= len(records):
+            # Held out by record (by prompt for generated records: several answers to one prompt stay on one
+            # side), before packing, so no test document leaks into a training block.
+            groups = _record_groups(data.path) or list(range(len(records)))
+            distinct = sorted(set(groups), key=str)
+            order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+            held_out = max(1, round(len(distinct) * options.test_fraction))
+            if held_out >= len(distinct):
                 raise DistillError(f"{data.path} has {len(records)} records, too few to hold out a test set; give "
                                    "data.test_path")
-            test_records = [records[index] for index in sorted(order[:held_out])]
-            train_records = [records[index] for index in sorted(order[held_out:])]
+            test_groups = {distinct[index] for index in order[:held_out]}
+            test_records = [record for record, group in zip(records, groups) if group in test_groups]
+            train_records = [record for record, group in zip(records, groups) if group not in test_groups]
         splits = {"train": _build(train_records, tokenizer, data, str(data.path)),
                   "val": None,
                   "test": _build(test_records, tokenizer, data, str(data.test_path or data.path) + " (test)")}

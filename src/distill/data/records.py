@@ -45,6 +45,7 @@ class RecordStore:
                 raise DistillError(f"{self.folder} is not empty and holds no {INDEX_FILE}, so it is not a folder of "
                                    "generated records; choose another --output")
             self.index = {"version": FORMAT_VERSION, "fingerprint": fingerprint, "shards": [], "complete": False}
+            self.commit()  # the folder is this store's from now on: a kill during the first append leaves it resumable
         self.keys = {record["key"] for record in self.records()}
 
     def _read_index(self, path: Path) -> dict[str, Any]:
@@ -75,11 +76,7 @@ class RecordStore:
                                    "--output")
 
     def records(self) -> Iterator[dict[str, Any]]:
-        for shard in self.index["shards"]:
-            with open(self.folder / shard["file"], "rb") as handle:
-                data = handle.read(shard["bytes"])
-            for line in data.splitlines():
-                yield json.loads(line)
+        return committed_records(self.folder, self.index)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Write ``records`` (keys not yet present) and commit them, all or none."""
@@ -115,6 +112,23 @@ class RecordStore:
         return sum(shard["records"] for shard in self.index["shards"])
 
 
+def committed_records(folder: Path, index: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The records ``index`` commits, read without writing anything (bytes past a shard's length are ignored)."""
+    for shard in index["shards"]:
+        path = folder / shard["file"]
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(shard["bytes"])
+        except OSError as error:
+            raise DistillError(f"{path} cannot be read ({error.strerror or error}); {folder}/{INDEX_FILE} lists "
+                               "it") from None
+        if len(data) < shard["bytes"]:
+            raise DistillError(f"{path} is shorter than {INDEX_FILE} says ({len(data)} < {shard['bytes']} bytes): "
+                               "committed records were lost outside distill")
+        for line in data.splitlines():
+            yield json.loads(line)
+
+
 def read_generated(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The records of a finished ``distill generate`` folder, and its index."""
     folder = Path(folder)
@@ -125,11 +139,11 @@ def read_generated(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, 
         index = json.loads(index_path.read_text())
     except (OSError, ValueError) as error:
         raise DistillError(f"{index_path} cannot be read ({error})") from None
-    store = RecordStore(folder, index["fingerprint"])
     if not index.get("complete"):
-        raise DistillError(f"the generation in {folder} is not finished ({len(store)} records so far); run the same "
+        committed = sum(shard["records"] for shard in index["shards"])
+        raise DistillError(f"the generation in {folder} is not finished ({committed} records so far); run the same "
                            "distill generate command again to finish it, then filter")
-    return list(store.records()), index
+    return list(committed_records(folder, index)), index
 
 
 def as_chats(folder: str | Path, column: str) -> list[list[dict[str, str]]]:

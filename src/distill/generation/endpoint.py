@@ -30,8 +30,9 @@ class EndpointBackend:
         self.client = httpx.Client(base_url=endpoint.url.rstrip("/"), headers=headers, timeout=endpoint.timeout)
 
     def batches(self, prompts: list[Prompt], batch_size: int) -> list[list[tuple[Prompt, None]]]:
-        return [[(prompt, None) for prompt in prompts[start:start + batch_size]]
-                for start in range(0, len(prompts), batch_size)]
+        """Batches (commit units) of at least ``concurrency`` prompts, so that many requests are in flight."""
+        size = max(batch_size, self.endpoint.concurrency)
+        return [[(prompt, None) for prompt in prompts[start:start + size]] for start in range(0, len(prompts), size)]
 
     def answer(self, batch: list[tuple[Prompt, Any]], seed: int) -> list[list[Answer]]:
         with ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
@@ -44,6 +45,8 @@ class EndpointBackend:
                                 "seed": batch_seed(seed, [prompt.id]) % (2 ** 31)}
         if decoding.stop:
             body["stop"] = list(decoding.stop)
+        if decoding.top_k is not None:
+            body["top_k"] = decoding.top_k  # an extension of the API that vLLM, SGLang, llama.cpp and distill take
         if isinstance(prompt.content, list) or self.chat != "never":
             messages = prompt.content if isinstance(prompt.content, list) else [
                 {"role": "user", "content": prompt.content}]

@@ -106,11 +106,13 @@ def _contamination(config: Any, records: list[dict[str, Any]], matched: Counter)
     long_grams: dict[tuple[str, ...], str] = {}
     short_items: dict[int, dict[tuple[str, ...], str]] = {}  # items shorter than n, by their length in words
     for source in config.sets:
+        # a task's problems share their template's wording, so only a whole problem counts as a leak
+        whole = source.task is not None
         for item_id, text in eval_items(source):
             words = WORD.findall(text.lower())
             if not words:
                 continue
-            if len(words) < config.n:
+            if len(words) < config.n or whole:
                 short_items.setdefault(len(words), {})[tuple(words)] = f"{source.name}/{item_id}"
             else:
                 for gram in _grams(words, config.n):

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from distill.data.records import RecordStore
 from distill.errors import DistillError
 from distill.generation.local import Answer, LocalBackend
-from distill.generation.prompts import Prompt, read_prompts
+from distill.generation.prompts import Prompt, content_hash, read_prompts
 
 
 def load_generator(config: Any) -> tuple[Any, Any]:
@@ -31,7 +31,9 @@ def load_generator(config: Any) -> tuple[Any, Any]:
     if tokenizer is None:
         raise DistillError(f"teacher.model {spec.name_or_path} has no tokenizer saved with it; generation needs the "
                            "teacher's own tokenizer")
-    return build_model(spec, input_shape=None, num_classes=None), tokenizer
+    from distill.generation.local import model_device
+
+    return build_model(spec, input_shape=None, num_classes=None).to(model_device()), tokenizer
 
 
 def provenance(config: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
@@ -87,15 +89,15 @@ def generate(recipe: Any, output: str | Path, *, overrides: list[str] | None = N
     fingerprint = {**{key: shared[key] for key in shared if key != "distill_version"},
                    "prompts": config.generate.prompts.model_dump(mode="json"),
                    "batch_size": config.generate.batch_size}  # batches are seeded as a whole
+    synthesis, self_instruct = None, hasattr(config.generate.prompts, "seeds")
+    if not self_instruct:  # read (and checked) before anything is written; an edited prompt file is another set
+        prompts = read_prompts(config.generate)
+        fingerprint["prompt_list"] = content_hash([[prompt.id, prompt.hash] for prompt in prompts])
     store = RecordStore(output, fingerprint, shard_records=config.generate.shard_records)
-    synthesis = None
-    if hasattr(config.generate.prompts, "seeds"):  # Self-Instruct: the teacher writes the prompts first
+    if self_instruct:  # the teacher writes the prompts first, into OUTPUT/prompts
         from distill.generation.self_instruct import synthesise
 
-        store.commit()  # the folder is this command's from now on (its prompts/ subfolder comes next)
         prompts, synthesis = synthesise(config.generate.prompts, backend, Path(output), fingerprint, config.seed)
-    else:
-        prompts = read_prompts(config.generate)
     samples = config.generate.decoding.n
     batches = backend.batches(prompts, config.generate.batch_size)
     todo = [batch for batch in batches

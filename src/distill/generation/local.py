@@ -35,6 +35,7 @@ class LocalBackend:
 
     def __init__(self, model: nn.Module, tokenizer: Any, decoding: Any, chat: str = "auto"):
         self.model, self.tokenizer, self.decoding = model.eval(), tokenizer, decoding
+        self.end_ids = end_of_answer_ids(model, tokenizer)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if chat == "always" and not has_template:
             raise DistillError("generate.chat is always, and the teacher's tokenizer has no chat template; give a "
@@ -87,20 +88,34 @@ class LocalBackend:
         return [answers[index * decoding.n:(index + 1) * decoding.n] for index in range(len(batch))]
 
     def _answer(self, tokens: torch.Tensor, logprobs: torch.Tensor, top: list[Any] | None) -> Answer:
-        eos = self.tokenizer.eos_token_id
         ids = tokens.tolist()
-        ended = eos is not None and eos in ids
-        length = ids.index(eos) + 1 if ended else len(ids)
+        end = next((position for position, token in enumerate(ids) if token in self.end_ids), None)
+        ended = end is not None
+        length = end + 1 if ended else len(ids)
         while length and not ended and ids[length - 1] == self.tokenizer.pad_token_id:
             length -= 1  # a row finished early by a stop string is padded to the batch's length
         text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
         cut = min((text.find(stop) for stop in self.decoding.stop if stop in text), default=-1)
         if cut >= 0:
             text, ended = text[:cut], True
-        finish = "stop" if ended or length < len(ids) else "length"
+        finish = "stop" if ended or length < self.decoding.max_new_tokens else "length"
         values = logprobs[:length].tolist()
         return Answer(text, length, round(sum(values), 6), finish, tuple(ids[:length]), tuple(values),
                       tuple(top[:length]) if top is not None else ())
+
+
+def end_of_answer_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    """Every token that ends an answer: the generation config's end-of-sequence ids (Llama 3's <|eot_id|>, Gemma's
+    <end_of_turn>, ...) and the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return {token for token in ids if token is not None}
+
+
+def model_device() -> torch.device:
+    """Where generation runs: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def batch_seed(seed: int, prompt_ids: list[str]) -> int:

@@ -33,6 +33,7 @@ class ChatRequest(BaseModel):
     max_tokens: int = Field(128, ge=0)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, gt=0)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
     logprobs: bool = False
@@ -46,6 +47,7 @@ class CompletionRequest(BaseModel):
     max_tokens: int = Field(16, ge=0)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, gt=0)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
     logprobs: int | None = Field(None, ge=0, le=20)
@@ -90,17 +92,20 @@ class Batcher:
                     break
             groups: dict[tuple, list[_Pending]] = {}
             for item in pending:
-                key = (item.decoding.model_dump_json(), item.top, item.seed)
+                # greedy answers do not depend on the seed, so every greedy request can share one batch
+                key = (item.decoding.model_dump_json(), item.top, item.seed if item.decoding.temperature > 0 else 0)
                 groups.setdefault(key, []).append(item)
             for items in groups.values():
                 try:
                     answers = await loop.run_in_executor(None, self._answer, items)
                 except Exception as error:  # the request fails, the server stays up
                     for item in items:
-                        item.future.set_exception(error)
+                        if not item.future.done():  # a client that hung up cancelled it
+                            item.future.set_exception(error)
                     continue
                 for item, answer in zip(items, answers):
-                    item.future.set_result(answer)
+                    if not item.future.done():
+                        item.future.set_result(answer)
 
     def _answer(self, items: list[_Pending]) -> list[list[Answer]]:
         backend = LocalBackend(self.model, self.tokenizer, items[0].decoding, chat="never")
@@ -112,7 +117,7 @@ def _decoding(request: Any) -> DecodingConfig:
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     n = request.n if request.temperature > 0 else 1
     return DecodingConfig(max_new_tokens=max(request.max_tokens, 1), temperature=request.temperature,
-                          top_p=request.top_p, n=n, stop=stop)
+                          top_p=request.top_p, top_k=request.top_k, n=n, stop=stop)
 
 
 def create_app(model: Any, tokenizer: Any, *, model_name: str, api_key: str | None = None,
@@ -135,8 +140,8 @@ def create_app(model: Any, tokenizer: Any, *, model_name: str, api_key: str | No
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Any) -> Any:
-        if api_key is not None and not secrets.compare_digest(request.headers.get("authorization", ""),
-                                                              f"Bearer {api_key}"):
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if api_key is not None and not secrets.compare_digest(given, f"Bearer {api_key}".encode()):
             return JSONResponse({"error": {"message": "invalid or missing API key", "type": "invalid_request_error"}},
                                 status_code=401)
         return await call_next(request)
@@ -230,6 +235,7 @@ def _response(kind: str, model_name: str, choices: list[dict[str, Any]], prompt_
 def check_port(host: str, port: int) -> None:
     """Refuse, before the model loads, a port another program holds."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a socket in TIME_WAIT is free
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -282,4 +288,7 @@ def load_served_model(source: str, dtype: str = "float32") -> tuple[Any, Any, st
     tokenizer = tokenizer_of(spec)
     if tokenizer is None:
         raise DistillError(f"{source} has no tokenizer saved with it; distill serve needs the model's tokenizer")
-    return build_model(spec, input_shape=None, num_classes=None), tokenizer, Path(source).name or source
+    from distill.generation.local import model_device
+
+    model = build_model(spec, input_shape=None, num_classes=None).to(model_device())
+    return model, tokenizer, Path(source).name or source

@@ -2,27 +2,35 @@
 run's: ``generate`` (the teacher answers the recipe's prompts into ``RUN/generated``), ``filter`` (the recipe's
 filters, kept records in ``RUN/kept`` with ``filter_report.json``) and ``data`` (the kept records as chat data,
 its test split held out by ``data.lm.test_fraction``). Each is resumable: a killed generation continues from its
-last committed batch."""
+last committed batch. Under a launcher the main process generates and filters while the others wait at a
+barrier (whose timeout a long generation can exceed: generate first with distill generate, then train on the
+folder, for long ones)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from distill.stages import RunContext, Stage
+from distill.stages import RunContext, Stage, on_main
 
 GENERATED_FOLDER, KEPT_FOLDER = "generated", "kept"
 
 
 def _generate(context: RunContext) -> dict[str, Any]:
+    from distill.data.records import INDEX_FILE
     from distill.generation.generate import generate
 
-    return generate(context.config, context.run_dir / GENERATED_FOLDER, show_progress=context.show_progress)
+    # one process writes the records (under a launcher the others wait at the barrier), every one reads them
+    on_main(lambda: generate(context.config, context.run_dir / GENERATED_FOLDER, show_progress=context.show_progress))
+    return json.loads((context.run_dir / GENERATED_FOLDER / INDEX_FILE).read_text())["summary"]
 
 
 def _filter(context: RunContext) -> dict[str, Any]:
-    from distill.generation.filter_run import filter_generated
+    from distill.generation.filter_run import REPORT_FILE, filter_generated
 
-    report = filter_generated(context.config, context.run_dir / GENERATED_FOLDER, context.run_dir / KEPT_FOLDER)
+    on_main(lambda: filter_generated(context.config, context.run_dir / GENERATED_FOLDER,
+                                     context.run_dir / KEPT_FOLDER))
+    report = json.loads((context.run_dir / KEPT_FOLDER / REPORT_FILE).read_text())
     return {"records": report["records"], "kept": report["kept"],
             "dropped": {step["filter"]: step["dropped"] for step in report["filters"]}}
 
