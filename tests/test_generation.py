@@ -292,6 +292,12 @@ def test_one_recipe_generates_filters_distils_and_evaluates(teacher, tmp_path):
     assert {"task_exact_match", "perplexity"} <= set(metrics["student"])
     done = json.loads((tmp_path / "run" / "generate" / "stage_done.json").read_text())
     assert done["records"] == 40 and done["prompts"] == 20
+    from distill.evaluate.html_report import build_report
+
+    report = build_report([tmp_path / "run"], output=tmp_path / "report")
+    page = report.html.read_text()
+    assert '<table id="filters">' in page and "<td>exact_dedup</td><td>40</td>" in page
+    assert json.loads(report.json.read_text())["filters"][0]["filter"] == "length"
     index = (tmp_path / "run" / "generated" / INDEX_FILE).read_bytes()
     distill.train(recipe, output=tmp_path / "run", resume=True, show_progress=False)
     assert (tmp_path / "run" / "generated" / INDEX_FILE).read_bytes() == index  # nothing generated again

@@ -134,6 +134,7 @@ def build_report(run_dirs: list[str | Path], *, output: str | Path | None = None
         (output / f"{name}.png").write_bytes(png)
 
     notes = _notes(runs)
+    filters = _filter_rows(runs)
     summary = {
         "runs": [{"run_dir": str(run.run_dir), "label": run.label, "recipe": run.metrics.get("recipe"),
                   "seed": run.metrics.get("seed"), "complete": run.metrics.get("complete", True),
@@ -141,10 +142,11 @@ def build_report(run_dirs: list[str | Path], *, output: str | Path | None = None
         "rows": [{"model": label, **{key: value for key, value in row.items()}} for label, row in rows],
         "inherited_errors": {label: detail for label, detail in inherited},
         "pareto": pareto, "figures": sorted(f"{name}.png" for name in figures), "notes": notes,
+        "filters": [dict(zip(FILTER_HEADERS, row)) for row in filters],
     }
     write_json_atomic(output / "report.json", summary)
-    (output / "report.md").write_text(_markdown(runs, rows, inherited, figures, notes))
-    (output / "report.html").write_text(_html(runs, rows, inherited, figures, notes))
+    (output / "report.md").write_text(_markdown(runs, rows, inherited, figures, notes, filters))
+    (output / "report.html").write_text(_html(runs, rows, inherited, figures, notes, filters))
     return ReportResult(output, output / "report.html", output / "report.md", output / "report.json")
 
 
@@ -164,6 +166,23 @@ def _notes(runs: list[RunRecord]) -> list[str]:
                      f"warm-up; throughput at batch {first.get('throughput_batch_size', '?')}; test set of "
                      f"{first.get('test_size')} samples")
     return notes
+
+
+FILTER_HEADERS = ("run", "filter", "seen", "dropped", "kept", "reasons")
+
+
+def _filter_rows(runs: list[RunRecord]) -> list[list[str]]:
+    """What each filter of a run's generated data dropped (``RUN/kept/filter_report.json``), step by step."""
+    rows = []
+    for run in runs:
+        path = run.run_dir / "kept" / "filter_report.json"
+        if not path.is_file():
+            continue
+        for step in json.loads(path.read_text())["filters"]:
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in step["reasons"].items()) or "-"
+            rows.append([run.label, step["filter"], str(step["seen"]), str(step["dropped"]), str(step["kept"]),
+                         reasons])
+    return rows
 
 
 def _inherited_table_rows(inherited: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
@@ -195,9 +214,14 @@ def _caption(name: str) -> str:
 
 
 def _markdown(runs: list[RunRecord], rows: list[tuple[str, dict[str, Any]]],
-              inherited: list[tuple[str, dict[str, Any]]], figures: dict[str, bytes], notes: list[str]) -> str:
+              inherited: list[tuple[str, dict[str, Any]]], figures: dict[str, bytes], notes: list[str],
+              filters: list[list[str]]) -> str:
     parts = [f"# distill report: {', '.join(run.label for run in runs)}", "", markdown_table(rows), ""]
     parts += [f"- {note}" for note in notes] + [""]
+    if filters:
+        parts += ["## Generated data: what each filter dropped", "", "| " + " | ".join(FILTER_HEADERS) + " |",
+                  "|---" * len(FILTER_HEADERS) + "|"]
+        parts += ["| " + " | ".join(cells) + " |" for cells in filters] + [""]
     if inherited:
         parts += ["## Inherited errors", "", "| " + " | ".join(INHERITED_HEADERS) + " |",
                   "|---" * len(INHERITED_HEADERS) + "|"]
@@ -208,11 +232,18 @@ def _markdown(runs: list[RunRecord], rows: list[tuple[str, dict[str, Any]]],
 
 
 def _html(runs: list[RunRecord], rows: list[tuple[str, dict[str, Any]]],
-          inherited: list[tuple[str, dict[str, Any]]], figures: dict[str, bytes], notes: list[str]) -> str:
+          inherited: list[tuple[str, dict[str, Any]]], figures: dict[str, bytes], notes: list[str],
+          filters: list[list[str]]) -> str:
     title = html.escape(f"distill report: {', '.join(run.label for run in runs)}")
     body = [f"<h1>{title}</h1>", "<h2>Comparison</h2>", html_table(rows, table_id="comparison"), "<ul>"]
     body += [f'<li class="{"note" if "missing" in note or "checkpoint" in note else ""}">{html.escape(note)}</li>'
              for note in notes] + ["</ul>"]
+    if filters:
+        header = "".join(f"<th>{html.escape(text)}</th>" for text in FILTER_HEADERS)
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in row) + "</tr>"
+                        for row in filters)
+        body += ["<h2>Generated data: what each filter dropped</h2>",
+                 f'<table id="filters"><thead><tr>{header}</tr></thead><tbody>{cells}</tbody></table>']
     if inherited:
         header = "".join(f"<th>{html.escape(text)}</th>" for text in INHERITED_HEADERS)
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in row) + "</tr>"
