@@ -271,3 +271,30 @@ def test_a_real_file_size_limit_stops_a_run_that_then_resumes_exactly(tmp_path, 
     for name in ("teacher", "student"):
         expected, got = (load_file(str(run / name / "model.safetensors")) for run in (reference_dir, tmp_path / "run"))
         assert all(torch.equal(expected[key], got[key]) for key in expected), name
+
+
+def test_a_generation_stopped_by_a_full_disk_continues_to_the_same_records(tmp_path, monkeypatch):
+    import distill.data.records
+    from lm_helpers import saved_tiny_llama
+    teacher = saved_tiny_llama(tmp_path / "teacher")
+    recipe = {"name": "gen", "seed": 0,
+              "teacher": {"model": {"kind": "hf", "name_or_path": str(teacher), "task": "causal-lm"}},
+              "generate": {"prompts": {"task": "addition", "count": 12}, "batch_size": 3,
+                           "decoding": {"max_new_tokens": 6, "temperature": 1.0}}}
+    path = tmp_path / "gen.yaml"
+    path.write_text(json.dumps(recipe))
+
+    def records(folder):
+        index = json.loads((folder / "index.json").read_text())
+        return [{**record, "provenance": {**record["provenance"], "created": None}}
+                for record in distill.data.records.committed_records(folder, index)]
+    assert CliRunner().invoke(main, ["generate", str(path), "-o", str(tmp_path / "straight"), "--quiet"]).exit_code == 0
+    with monkeypatch.context() as patch:
+        disk = Disk(patch, tmp_path / "full", fail_at=4)  # index, shard, index, then the second batch's shard line
+        result = CliRunner().invoke(main, ["generate", str(path), "-o", str(tmp_path / "full" / "data"), "--quiet"])
+    assert disk.writes[3] == "data/shard-00000.jsonl"
+    message = _assert_failed_cleanly(result, "shard-00000.jsonl")
+    assert "The 3 records committed before it are kept" in message
+    again = CliRunner().invoke(main, ["generate", str(path), "-o", str(tmp_path / "full" / "data"), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert records(tmp_path / "full" / "data") == records(tmp_path / "straight")

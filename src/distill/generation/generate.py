@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from distill.checkpoint import WriteFailed
 from distill.data.records import RecordStore
 from distill.errors import DistillError
 from distill.generation.local import Answer, LocalBackend
@@ -113,7 +114,12 @@ def generate(recipe: Any, output: str | Path, *, overrides: list[str] | None = N
             records = [_record(prompt, sample, answer, shared, created)
                        for (prompt, _), prompt_answers in zip(batch, answers)
                        for sample, answer in enumerate(prompt_answers)]
-            store.append(records)
+            try:
+                store.append(records)
+            except WriteFailed as error:
+                raise DistillError(f"{error} The {len(store)} records committed before it are kept in {output}; "
+                                   f"{'free space' if error.disk_full else 'fix that'} and run the same command "
+                                   "again to continue.") from None
             tokens += sum(record["tokens"] for record in records)
             progress.advance(task, len(batch))
     seconds = time.perf_counter() - started
