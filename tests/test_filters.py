@@ -163,3 +163,12 @@ def test_task_problems_leak_only_as_whole_problems_not_by_their_shared_template(
         {"name": "wp-test", "task": "word_problems", "count": 1000}]}))
     assert report["filters"][0]["dropped"] == 3  # the 300 train problems share 13-grams with test ones, no more
     assert {name.split("/")[1] for name in report["filters"][0]["matched_items"]} == {item.id for item in leaked}
+
+
+def test_an_operator_is_part_of_the_problem_so_train_and_test_arithmetic_do_not_collide():
+    test_item = tasks.examples("arithmetic", "test", 1000, seed=0)
+    subtraction = next(item for item in test_item if " - " in item.prompt)
+    addition = _record("add", subtraction.prompt.replace(" - ", " + "), "Answer: 1")
+    _, report = run_filters([addition, _record("same", subtraction.prompt, "Answer: 2")], _filters(
+        {"kind": "contamination", "sets": [{"name": "t", "task": "arithmetic", "count": 1000}]}))
+    assert [example["key"] for example in report["filters"][0]["examples"]] == ["same"]

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from distill.errors import DistillError
 
-WORD = re.compile(r"\w+")
+WORD = re.compile(r"\w+|[^\w\s]")  # words and symbols: "429 - 81" and "429 + 81" differ
 EXAMPLES = 3  # dropped records shown per filter in the report
 
 Reasons = list[str | None]
@@ -64,7 +64,8 @@ def _shingles(text: str, shingle: str, size: int) -> set[str]:
 def _near_dedup(config: Any, records: list[dict[str, Any]]) -> Reasons:
     from datasketch import MinHash, MinHashLSH
 
-    index = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
+    # bands chosen to miss few pairs above the threshold (a candidate is then checked by its estimated Jaccard)
+    index = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, weights=(0.1, 0.9))
     signatures: dict[str, MinHash] = {}
     reasons: Reasons = []
     for record in records:
