@@ -4,6 +4,7 @@ so far kept; a server without logprobs leaves them empty and the self_score filt
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,35 @@ def test_an_unreachable_or_slow_endpoint_is_named(tmp_path):
         with pytest.raises(distill.DistillError, match="timed out after 0.5 s, 2 attempts"):
             generate(_recipe(endpoint={"url": slow, "retries": 1, "timeout": 0.5}), tmp_path / "b",
                      show_progress=False)
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "endpoint_responses"
+
+
+@pytest.mark.parametrize("name", ["openai_chat_logprobs", "vllm_chat_logprobs", "llamacpp_chat_logprobs",
+                                  "llamacpp_completions"])
+def test_recorded_responses_of_real_servers_are_read(name, monkeypatch):
+    """Bodies recorded from the OpenAI reference, vLLM 0.26, llama.cpp server b10505 and b4501 (sources inside each
+    file): answer text, token count, summed log-probability, finish reason, and no logprobs where a server gave
+    none."""
+    from distill.config import DecodingConfig, EndpointConfig
+    from distill.generation.endpoint import EndpointBackend
+    from distill.generation.prompts import Prompt
+
+    recorded = json.loads((FIXTURES / f"{name}.json").read_text())["response"]
+    choices = recorded["choices"]
+    backend = EndpointBackend(EndpointConfig(url="http://127.0.0.1:9/v1", model="m"),
+                              DecodingConfig(max_new_tokens=16, temperature=0.7, n=len(choices)),
+                              chat="never" if "completions" in name and "chat" not in name else "auto")
+    monkeypatch.setattr(backend, "_post", lambda path, body, prompt: recorded)
+    answers = backend._ask(Prompt("p", "Hello"), seed=0)
+    for choice, answer in zip(choices, answers):
+        steps = (choice.get("logprobs") or {}).get("content")
+        expected_text = (choice.get("message") or {}).get("content") if "message" in choice else choice["text"]
+        assert answer.text == (expected_text or "")
+        assert answer.finish_reason == ("length" if choice["finish_reason"] == "length" else "stop")
+        if steps:
+            assert answer.tokens == len(steps)
+            assert answer.logprob_sum == pytest.approx(sum(step["logprob"] for step in steps), abs=1e-5)
+        else:
+            assert answer.logprob_sum is None and answer.tokens == recorded["usage"]["completion_tokens"]

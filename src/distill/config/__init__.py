@@ -13,6 +13,7 @@ recipe and its cross-section checks) and ``loading`` (YAML, overrides, built-in 
 from distill.config.base import StrictSection
 from distill.config.generation import (
     DecodingConfig,
+    EndpointConfig,
     FilePromptsConfig,
     FilterSpec,
     GenerationConfig,
@@ -68,7 +69,7 @@ from distill.config.specs import (
                                     SavedSpec,
 )
 
-__all__ = ["DecodingConfig", "FilePromptsConfig", "FilterSpec", "GenerationConfig", "LengthFilter",
+__all__ = ["DecodingConfig", "EndpointConfig", "FilePromptsConfig", "FilterSpec", "GenerationConfig", "LengthFilter",
     "SelfInstructConfig", "TaskPromptsConfig", "TaskSuiteEvaluation",
     "AssistantChainMode", "AugmentConfig", "BornAgainMode", "CNNSpec", "CompressConfig", "CounterfactualMode",
     "DataConfig", "DataFreeMode", "EvaluationConfig", "FromTeacherSpec", "HFConfigSpec", "HFSpec",

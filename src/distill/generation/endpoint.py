@@ -97,12 +97,11 @@ class EndpointBackend:
 def _answer(choice: dict[str, Any], path: str, usage_tokens: int) -> Answer:
     finish = "length" if choice.get("finish_reason") == "length" else "stop"
     logprobs = choice.get("logprobs") or {}
-    if path == "/chat/completions":
-        text = (choice.get("message") or {}).get("content") or ""
+    text = ((choice.get("message") or {}).get("content") if path == "/chat/completions" else choice.get("text")) or ""
+    if logprobs.get("token_logprobs") is not None:  # the completions API's arrays (OpenAI, vLLM)
+        values = list(logprobs["token_logprobs"])
+    else:  # chat's list of {token, logprob, ...} (also llama.cpp's /v1/completions)
         values = [step.get("logprob") for step in logprobs.get("content") or []]
-    else:
-        text = choice.get("text") or ""
-        values = list(logprobs.get("token_logprobs") or [])
     if not values or any(value is None for value in values):
         return Answer(text, len(values) or usage_tokens, None, finish)  # type: ignore[arg-type]
     return Answer(text, len(values), round(sum(values), 6), finish, token_logprobs=tuple(values))
