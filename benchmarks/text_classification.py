@@ -130,7 +130,7 @@ def main() -> None:
                 out.append(metrics[run][model][key])
         return out
 
-    rows = [row for row in ROWS if ROWS[row][0] in runs_wanted]
+    rows = [row for row in ROWS if ROWS[row][0] in runs_wanted and values(row, "accuracy")]  # runs made
     table = Table(title=f"KJV verse -> genre (6 classes, 3,339 test verses of 15 held-out books), {args.seeds} "
                         f"seeds, {args.train_texts} training verses")
     for column in ("model", "accuracy", "macro-F1", "of teacher's accuracy", "throughput vs teacher",
