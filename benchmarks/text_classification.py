@@ -124,6 +124,8 @@ def main() -> None:
                 continue
             if key == "throughput_vs_teacher":
                 out.append(metrics[run][model]["throughput"] / metrics[run]["teacher"]["throughput"])
+            elif key == "speedup_b1":  # teacher's latency at batch 1 over the model's: steadier than throughput
+                out.append(metrics[run]["teacher"]["latency_b1_ms"] / metrics[run][model]["latency_b1_ms"])
             elif key == "accuracy_vs_teacher":
                 out.append(metrics[run][model]["accuracy"] / metrics[run]["teacher"]["accuracy"])
             else:
@@ -149,6 +151,8 @@ def main() -> None:
                         "accuracy_std": mean_std(accuracy)[1], "macro_f1_mean": mean_std(f1)[0],
                         "macro_f1_std": mean_std(f1)[1], "accuracy_vs_teacher": mean_std(share)[0],
                         "throughput_vs_teacher": mean_std(speed)[0], "throughput_vs_teacher_std": mean_std(speed)[1],
+                        "speedup_b1_mean": mean_std(values(row, "speedup_b1"))[0],
+                        "speedup_b1_std": mean_std(values(row, "speedup_b1"))[1],
                         "agreement": mean_std(agreement)[0] if agreement else None, "params": params[0],
                         "accuracy": accuracy}
     Console().print(table)

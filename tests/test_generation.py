@@ -290,6 +290,9 @@ def test_one_recipe_generates_filters_distils_and_evaluates(teacher, tmp_path):
     assert metrics["data"]["train"]["records"] + metrics["data"]["test"]["records"] == len(kept)
     assert json.loads((tmp_path / "run" / "kept" / "filter_report.json").read_text())["records"] == 40
     assert {"task_exact_match", "perplexity"} <= set(metrics["student"])
+    from distill.evaluate.table import columns_for, rows_of
+
+    assert "task exact match" in [column.header for column in columns_for(rows_of(metrics))]  # in the table
     done = json.loads((tmp_path / "run" / "generate" / "stage_done.json").read_text())
     assert done["records"] == 40 and done["prompts"] == 20
     from distill.evaluate.html_report import build_report

@@ -28,6 +28,7 @@ from torch import nn
 
 from distill.checkpoint import PARTIAL, check_writable, write_json_atomic
 from distill.config import Recipe, load_recipe, read_yaml
+from distill.config.base import differences
 from distill.config.sections import GENERATED
 from distill.data.recipe_data import RunData, load_data
 from distill.errors import DistillError
@@ -91,7 +92,7 @@ def check_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> Pa
             raise DistillError(f"cannot resume {run_dir}: {error}. {saved} records the recipe the run was started "
                                "with; restore it, or start a new --output.") from None
         # evaluation settings do not touch training (and gain fields over versions): they may change on resume
-        differing = _differences(previous, recipe.model_dump(mode="json"), ignore={"output", "evaluation"})
+        differing = differences(previous, recipe.model_dump(mode="json"), ignore={"output", "evaluation"})
         if differing:
             raise DistillError(f"cannot resume {run_dir}: the recipe differs from the one it was started with at "
                                f"{', '.join(differing[:8])}. Resume with the same recipe, or start a new --output.")
@@ -151,17 +152,6 @@ def _check_done_markers(run_dir: Path) -> None:
             raise DistillError(f"cannot resume {run_dir}: {marker} {reason}. It marks stage {marker.parent.name!r} "
                                "as finished; delete it to run that stage again from its last checkpoint, or "
                                "restore it.")
-
-
-def _differences(old: Any, new: Any, prefix: str = "", ignore: set[str] = frozenset()) -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in sorted(set(old) | set(new)):
-            if key in ignore and not prefix:
-                continue
-            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return found
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 # ------------------------------------------------------------------------------------------ the plain run's stages

@@ -15,17 +15,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distill.checkpoint import check_writable, write_json_atomic, writing
+from distill.config.base import differences
 from distill.errors import DistillError
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 1
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [found for key in sorted(set(old) | set(new))
-                for found in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".") or "(all)"]
 
 
 class RecordStore:
@@ -54,7 +48,7 @@ class RecordStore:
         except (OSError, ValueError) as error:
             raise DistillError(f"{path} cannot be read ({error}); it indexes the records of {self.folder}. Restore "
                                "it, or generate into another --output") from None
-        differing = _differences(index.get("fingerprint"), self.fingerprint)
+        differing = differences(index.get("fingerprint"), self.fingerprint)
         if differing:
             raise DistillError(f"{self.folder} holds records generated with other settings (they differ at "
                                f"{', '.join(differing[:6])}); records of two settings are not mixed. Run with the "

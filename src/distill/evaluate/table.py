@@ -47,6 +47,7 @@ COLUMNS = [
     Column("r2", "R2", _fixed(4), "higher"),
     Column("mse_to_teacher", "MSE to teacher", _fixed(4), "lower"),
     Column("perplexity", "perplexity", _fixed(2), "lower"),
+    Column("task_exact_match", "task exact match", _percent, "higher"),
     Column("agreement", "agrees w/ teacher", _percent, "higher"),
     Column("kl_to_teacher", "KL to teacher", _fixed(4), "lower"),
     Column("jsd_to_teacher", "JSD to teacher", _fixed(4), "lower"),

@@ -27,32 +27,29 @@ from distill.generation.local import Answer, LocalBackend
 from distill.generation.prompts import Prompt
 
 
-class ChatRequest(BaseModel):
+class _SamplingRequest(BaseModel):
+    """What both endpoints take: how to sample."""
     model: str | None = None
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, gt=0)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class ChatRequest(_SamplingRequest):
     messages: list[dict[str, Any]]
     max_tokens: int = Field(128, ge=0)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, gt=0)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
     logprobs: bool = False
     top_logprobs: int = Field(0, ge=0, le=20)
-    seed: int | None = None
 
 
-class CompletionRequest(BaseModel):
-    model: str | None = None
+class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     max_tokens: int = Field(16, ge=0)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, gt=0)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
-    seed: int | None = None
 
 
 @dataclass
