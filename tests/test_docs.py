@@ -83,6 +83,8 @@ DECISIONS: dict[str, Any] = {
     "model='runs/texts/student')('my printer is on fire'))":
         Skip("reads the run above; tests/test_text_classification.py loads exported students with pipeline()"),
     "distill recipes": RUN,
+    "distill train arithmetic-teacher --output runs/arithmetic-teacher": PLAN,
+    "distill train arithmetic-seq-kd --output runs/arithmetic-seq-kd": PLAN,
     "distill check my-kd.yaml --explain": RUN,
     "distill train my-kd.yaml --output runs/kd": FIXTURE,
     "distill train llm-tiny --output runs/llm-tiny": PLAN,
@@ -314,7 +316,7 @@ def test_command(command: str, workspace: Workspace) -> None:
         cli(tokens + quiet)
     elif decision == PLAN:
         assert tokens[:2] == ["distill", "train"], "only distill train has --plan"
-        assert "1. prepare" in cli(tokens + ["--plan"])
+        assert re.search(r"^1\. (prepare|generate) ", cli(tokens + ["--plan"]), re.M)  # generate: seq-KD recipes
     elif decision == SWEEP_PLAN:
         assert tokens[:2] == ["distill", "sweep"]
         assert _plan_sweep(tokens) > 0

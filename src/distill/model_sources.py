@@ -90,12 +90,20 @@ def check_hf_weights(folder: Path) -> None:
         check_safetensors_file(folder / "model.safetensors")
 
 
+def _is_local_path(name_or_path: str) -> bool:
+    """A path, not a hub id: hub ids are NAME or OWNER/NAME, never absolute, relative to . or ~, or deeper."""
+    return name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
+
+
 def resolve_hf_path(name_or_path: str) -> str:
     """``package:NAME`` is a model shipped inside an installed Python package (found without importing it); a
     local ``.gguf`` file, or a folder holding one and no config.json, is de-quantised once into a cached Hugging
     Face folder; anything else is a hub id or a local folder, passed through."""
     if not name_or_path.startswith("package:"):
         local = Path(name_or_path).expanduser()
+        if not local.exists() and _is_local_path(name_or_path):
+            raise DistillError(f"model {name_or_path!r}: no such folder (a path, not a hub id: hub ids are "
+                               "OWNER/NAME). Train or copy the model there first, or give another path")
         if local.is_file() and local.suffix == ".gguf":
             return gguf_folder(local)
         if local.is_dir() and not (local / "config.json").is_file():
