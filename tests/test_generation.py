@@ -19,7 +19,7 @@ from distill.cache.fingerprint import model_fingerprint
 from distill.cli import main
 from distill.data.records import INDEX_FILE, RecordStore
 from distill.generation.generate import generate
-from distill.generation.local import token_logprobs
+from distill.generation.local import LocalBackend, batch_seed
 from lm_helpers import saved_tiny_llama, tiny_llama, tokenizer
 
 
@@ -87,11 +87,35 @@ def test_a_greedy_answer_and_its_log_probability_are_the_teachers(teacher, tmp_p
     assert record["tokens"] == eos and record["mean_logprob"] == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_token_log_probabilities_are_read_step_by_step():
-    logits = (torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 3.0]]))
-    values = token_logprobs(logits, torch.tensor([[0, 2]]))
-    expected = [2 - torch.logsumexp(torch.tensor([2.0, 0, 0]), 0), 3 - torch.logsumexp(torch.tensor([0, 1.0, 3]), 0)]
-    assert torch.allclose(values[0], torch.stack(expected))
+def test_token_log_probabilities_read_by_the_hook_equal_those_of_every_kept_step_logit():
+    """Sampling with temperature and top-p; the log-probabilities are of the raw logits (temperature 1), as
+    output_logits=True would give them, without keeping a step's logits after the next step."""
+    from distill.config.generation import DecodingConfig
+    from distill.generation.prompts import Prompt
+
+    model, tok = tiny_llama(hidden=32).eval(), tokenizer()
+    backend = LocalBackend(model, tok, DecodingConfig(max_new_tokens=10, temperature=0.8, top_p=0.9, n=2),
+                           chat="never")
+    batch = [(Prompt(name, text), backend.encode(Prompt(name, text))) for name, text in
+             [("a", "In the beginning"), ("b", "And the earth was without form")]]
+    width = max(len(ids) for _, ids in batch)
+    answers = [answer for pair in backend.answer(batch, seed=3, top_logprobs=2) for answer in pair]
+    input_ids = torch.tensor([[tok.pad_token_id] * (width - len(ids)) + ids for _, ids in batch])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(ids) for _, ids in batch])[:, None]).long()
+    torch.manual_seed(batch_seed(3, ["a", "b"]))
+    with torch.no_grad():
+        output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, max_new_tokens=10,
+                                temperature=0.8, top_p=0.9, top_k=0, num_return_sequences=2,
+                                pad_token_id=tok.pad_token_id, return_dict_in_generate=True, output_logits=True)
+    generated = output.sequences[:, width:]
+    for row, answer in enumerate(answers):
+        assert list(answer.token_ids) == generated[row, :answer.tokens].tolist()
+        for step, value in enumerate(answer.token_logprobs):
+            raw = torch.log_softmax(output.logits[step][row].float(), -1)
+            assert value == pytest.approx(float(raw[generated[row, step]]), abs=1e-5)
+            best = raw.topk(2)
+            assert [token for token, _ in answer.top_logprobs[step]] == best.indices.tolist()
+            assert [value for _, value in answer.top_logprobs[step]] == pytest.approx(best.values.tolist(), abs=1e-5)
 
 
 def test_a_killed_generation_continues_with_nothing_lost_or_duplicated(teacher, tmp_path):
