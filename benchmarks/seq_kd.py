@@ -1,9 +1,9 @@
 """Sequence-level KD on the task suite: does filtering the teacher's answers make a better student?
 
-    .venv/bin/python benchmarks/seq_kd.py --seeds 3 --pool 1000 --steps 600 --output /tmp/seq-kd
+    .venv/bin/python benchmarks/seq_kd.py --seeds 3 --pool 1000 --steps 800 --output /tmp/seq-kd
 
-Once: the built-in `arithmetic-teacher` recipe trains the teacher (a 4-layer Llama, gold rationales of 20,000
-arithmetic problems); it answers a pool of train-split problems drawn with another seed (--samples answers each,
+Once: the built-in `addition-teacher` recipe trains the teacher (a 4-layer Llama, gold rationales of 20,000
+addition problems); it answers a pool of train-split problems drawn with another seed (--samples answers each,
 sampled at --temperature, so it errs as a teacher does on inputs it has not memorised, and repeats itself)
 through `distill generate`, and `distill filter` keeps the answers that pass length (no cut-off answers),
 exact_dedup (a problem's repeated answer) and verify (the final answer against the reference). Per seed, four
@@ -49,8 +49,8 @@ def data_recipe(teacher_dir: Path, args: argparse.Namespace) -> dict:
     """The generate + filter recipe: the teacher answers the pool."""
     return {"name": "seq-kd-data", "seed": 0,
             "teacher": {"model": {"kind": "hf", "name_or_path": str(teacher_dir), "task": "causal-lm"}},
-            "generate": {"prompts": {"task": "arithmetic", "split": "train", "count": args.pool, "seed": 1},
-                         "decoding": {"max_new_tokens": 160, "temperature": args.temperature, "n": args.samples},
+            "generate": {"prompts": {"task": "addition", "split": "train", "count": args.pool, "seed": 1},
+                         "decoding": {"max_new_tokens": 176, "temperature": args.temperature, "n": args.samples},
                          "batch_size": 32},
             "filters": FILTERS}
 
@@ -70,8 +70,8 @@ def student_recipe(row: str, seed: int, teacher_dir: Path, data_path: Path, args
                          "schedule": "cosine", "warmup_steps": 30, "log_every": 100,
                          "checkpoint_every": args.steps},
             "evaluation": {"task": "language-modeling", "max_test_tokens": 2048,
-                           "task_suite": {"task": "arithmetic", "split": "test", "count": 200,
-                                          "max_new_tokens": 160, "batch_size": 32}}}
+                           "task_suite": {"task": "addition", "split": "test", "count": 200,
+                                          "max_new_tokens": 176, "batch_size": 32}}}
 
 
 def prepare(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Path], dict]:
@@ -81,7 +81,7 @@ def prepare(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Path]
 
     teacher_run = root / "teacher"
     overrides = [f"teacher.train.max_steps={args.teacher_steps}"] if args.teacher_steps else []
-    distill.train("arithmetic-teacher", output=teacher_run, resume=True, overrides=overrides, show_progress=False)
+    distill.train("addition-teacher", output=teacher_run, resume=True, overrides=overrides, show_progress=False)
     teacher_dir = teacher_run / "teacher"
     recipe = data_recipe(teacher_dir, args)
     generate(recipe, root / "generated", show_progress=True)
@@ -89,7 +89,7 @@ def prepare(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Path]
     report = (json.loads(report_file.read_text()) if report_file.is_file()
               else filter_generated(recipe, root / "generated", root / "kept"))
     gold = root / "gold.jsonl"
-    tasks.write_jsonl(gold, tasks.examples("arithmetic", "train", args.pool, 1))
+    tasks.write_jsonl(gold, tasks.examples("addition", "train", args.pool, 1))
     return teacher_dir, {"gold": gold, "unfiltered": root / "generated", "filtered": root / "kept",
                          "filtered_kd": root / "kept"}, report
 
@@ -97,8 +97,8 @@ def prepare(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Path]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--pool", type=int, default=4000, help="problems the teacher answers")
-    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps of every student")
+    parser.add_argument("--pool", type=int, default=1000, help="problems the teacher answers")
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps of every student")
     parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher recipe's steps")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=2, help="answers sampled per problem")
@@ -118,7 +118,7 @@ def main() -> None:
                 results[row].setdefault(key, []).append(metrics["student"].get(key))
             results["teacher"].setdefault("task_exact_match", []).append(metrics["teacher"]["task_exact_match"])
             print(json.dumps({"seed": seed, "row": row, "exact_match": metrics["student"]["task_exact_match"]}))
-    table = Table(title=f"Seq-KD on arithmetic ({args.seeds} seeds, {args.steps} steps, pool {args.pool})")
+    table = Table(title=f"Seq-KD on addition ({args.seeds} seeds, {args.steps} steps, pool {args.pool})")
     for column in ("row", "exact match", "agreement with teacher", "inherited teacher errors"):
         table.add_column(column)
     table.add_row("teacher (4 layers)", fmt(results["teacher"]["task_exact_match"], percent=True), "-", "-")

@@ -83,8 +83,8 @@ DECISIONS: dict[str, Any] = {
     "model='runs/texts/student')('my printer is on fire'))":
         Skip("reads the run above; tests/test_text_classification.py loads exported students with pipeline()"),
     "distill recipes": RUN,
-    "distill train arithmetic-teacher --output runs/arithmetic-teacher": PLAN,
-    "distill train arithmetic-seq-kd --output runs/arithmetic-seq-kd": PLAN,
+    "distill train addition-teacher --output runs/addition-teacher": PLAN,
+    "distill train addition-seq-kd --output runs/addition-seq-kd": PLAN,
     "distill check my-kd.yaml --explain": RUN,
     "distill train my-kd.yaml --output runs/kd": FIXTURE,
     "distill train llm-tiny --output runs/llm-tiny": PLAN,

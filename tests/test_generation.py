@@ -356,15 +356,15 @@ def test_generated_records_are_held_out_by_prompt(teacher, tmp_path):
 
 
 def test_the_builtin_teacher_and_seq_kd_recipes_chain_through_the_cli(tmp_path, monkeypatch):
-    """arithmetic-teacher then arithmetic-seq-kd as README shows them, from the default paths, on tiny sizes."""
+    """addition-teacher then addition-seq-kd as README shows them, from the default paths, on tiny sizes."""
     monkeypatch.chdir(tmp_path)
     small = ["--set", "teacher.model.config.hidden_size=32", "--set", "teacher.model.config.intermediate_size=64"]
     trained = CliRunner().invoke(main, [
-        "train", "arithmetic-teacher", "--quiet", "-o", "runs/arithmetic-teacher", *small,
+        "train", "addition-teacher", "--quiet", "-o", "runs/addition-teacher", *small,
         "--set", "data.lm.task_train=64", "--set", "data.lm.task_test=8", "--set", "teacher.train.max_steps=3",
         "--set", "evaluation.task_suite.count=4", "--set", "evaluation.task_suite.max_new_tokens=8"])
     assert trained.exit_code == 0, trained.output
-    teacher_metrics = json.loads(Path("runs/arithmetic-teacher/metrics.json").read_text())
+    teacher_metrics = json.loads(Path("runs/addition-teacher/metrics.json").read_text())
     assert teacher_metrics["models"] == ["teacher"] and teacher_metrics["data"]["train"]["records"] == 64
     assert 0 <= teacher_metrics["teacher"]["task_exact_match"] <= 1
     shortened = ["--set", "generate.prompts.count=6", "--set", "generate.decoding.max_new_tokens=8",
@@ -372,20 +372,20 @@ def test_the_builtin_teacher_and_seq_kd_recipes_chain_through_the_cli(tmp_path, 
                  "--set", "evaluation.task_suite.count=4",
                  "--set", "evaluation.task_suite.max_new_tokens=8", "--set", "data.lm.test_fraction=0.2"]
     # a teacher of 3 steps gets every answer wrong: verify keeps nothing, and the run says so before training
-    refused = CliRunner().invoke(main, ["train", "arithmetic-seq-kd", "--quiet", "-o", "runs/refused", *shortened,
+    refused = CliRunner().invoke(main, ["train", "addition-seq-kd", "--quiet", "-o", "runs/refused", *shortened,
                                         "--set", "filters.0.drop_truncated=false"])
     assert refused.exit_code == 2 and "runs/refused/kept holds no records" in refused.output, refused.output
     report = json.loads(Path("runs/refused/kept/filter_report.json").read_text())
     assert [step["filter"] for step in report["filters"]] == ["length", "exact_dedup", "contamination", "verify"]
     assert report["records"] == 12 and report["kept"] == 0 and report["filters"][-1]["reasons"]  # 6 problems x 2
-    distilled = CliRunner().invoke(main, ["train", "arithmetic-seq-kd", "--quiet", "-o", "runs/seq-kd", *shortened,
+    distilled = CliRunner().invoke(main, ["train", "addition-seq-kd", "--quiet", "-o", "runs/seq-kd", *shortened,
                                           "--set", "filters=[{kind: length, drop_truncated: false}]"])
     assert distilled.exit_code == 0, distilled.output
     metrics = json.loads(Path("runs/seq-kd/metrics.json").read_text())
     assert metrics["stages"]["filter"]["records"] == 12 and metrics["stages"]["student"]["steps"] == 2
     generated = _records(tmp_path / "runs" / "seq-kd" / "generated")
     assert {record["provenance"]["teacher"]["name_or_path"] for record in generated} == {
-        "runs/arithmetic-teacher/teacher"}
+        "runs/addition-teacher/teacher"}
     assert {"task_exact_match", "task_inherited_errors"} <= set(metrics["student"])
 
 
