@@ -111,9 +111,12 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {row: {} for row in ["teacher", *rows]}
     for seed in range(args.seeds):
         for row in rows:
-            result = distill.train(student_recipe(row, seed, teacher_dir, data_paths[row], args),
-                                   output=root / f"seed{seed}" / row, resume=True, show_progress=False)
-            metrics = result.metrics
+            run_dir = root / f"seed{seed}" / row
+            if (run_dir / "metrics.json").is_file():  # finished in an earlier call: read, not evaluated again
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+            else:
+                metrics = distill.train(student_recipe(row, seed, teacher_dir, data_paths[row], args),
+                                        output=run_dir, resume=True, show_progress=False).metrics
             for key in ("task_exact_match", "task_answer_agreement", "task_inherited_errors"):
                 results[row].setdefault(key, []).append(metrics["student"].get(key))
             results["teacher"].setdefault("task_exact_match", []).append(metrics["teacher"]["task_exact_match"])

@@ -83,7 +83,12 @@ def test_the_plain_run_and_every_builtin_recipe_can_be_planned_without_building(
     for recipe, _ in describe_builtin_recipes():
         stages = plan(load_recipe(recipe))
         check_plan(stages, {"data"})
-        assert stages[0].name == "prepare" and stages[-1].name == "evaluate", recipe
+        names = [stage.name for stage in stages]
+        if load_recipe(recipe).data.dataset == "generated":  # the records are made and read before any model
+            assert names[:4] == ["generate", "filter", "data", "prepare"], recipe
+        else:
+            assert names[0] == "prepare", recipe
+        assert names[-1] == "evaluate", recipe
     text = describe("mnist1d-born-again")
     assert "3. generation-1" in text and "reads:  student, data, generation-0" in text
     assert describe_plan(plan(load_recipe("hinton-mnist")), {"data"}).count("stage_done.json") == 3
