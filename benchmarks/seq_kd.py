@@ -81,7 +81,8 @@ def prepare(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Path]
 
     teacher_run = root / "teacher"
     overrides = [f"teacher.train.max_steps={args.teacher_steps}"] if args.teacher_steps else []
-    distill.train("addition-teacher", output=teacher_run, resume=True, overrides=overrides, show_progress=False)
+    if not (teacher_run / "metrics.json").is_file():
+        distill.train("addition-teacher", output=teacher_run, resume=True, overrides=overrides, show_progress=False)
     teacher_dir = teacher_run / "teacher"
     recipe = data_recipe(teacher_dir, args)
     generate(recipe, root / "generated", show_progress=True)
@@ -140,6 +141,12 @@ def main() -> None:
         if row != "teacher":
             summary[row]["agreement_mean"] = round(mean_std(values["task_answer_agreement"])[0], 4)
             summary[row]["inherited_errors_mean"] = round(mean_std(values["task_inherited_errors"])[0], 2)
+    if {"filtered", "unfiltered"} <= set(rows):  # per seed: the same seed's students, so paired
+        gains = [kept - every for kept, every in zip(results["filtered"]["task_exact_match"],
+                                                     results["unfiltered"]["task_exact_match"])]
+        mean, std = mean_std(gains)
+        summary["filtered_minus_unfiltered"] = {"mean": round(mean, 4), "std": round(std, 4), "per_seed": gains}
+        print(f"filtered - unfiltered, paired by seed: {fmt(gains, percent=True)}")
     write_results("seq_kd", {"seeds": args.seeds, "pool": args.pool, "steps": args.steps,
                              "temperature": args.temperature, "samples": args.samples, "rows": summary,
                              "filter_drops": drops, "generated": report["records"], "kept": report["kept"]})
