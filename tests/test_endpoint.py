@@ -115,8 +115,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "endpoint_responses"
                                   "llamacpp_completions", "sglang_chat"])
 def test_recorded_responses_of_real_servers_are_read(name, monkeypatch):
     """Bodies recorded from the OpenAI reference, vLLM 0.26, llama.cpp server b10505 and b4501, and SGLang's docs
-    (sources inside each file): answer text, token count, summed log-probability, finish reason, and no logprobs where a server gave
-    none."""
+    (sources inside each file): answer text, token count, summed log-probability, finish reason, and no logprobs
+    where a server gave none."""
     from distill.config import DecodingConfig, EndpointConfig
     from distill.generation.endpoint import EndpointBackend
     from distill.generation.prompts import Prompt
