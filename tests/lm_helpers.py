@@ -34,3 +34,18 @@ def saved_tiny_llama(folder, seed=0):
     tiny_llama(vocab_size=512, hidden=32, layers=2, seed=seed).save_pretrained(folder)
     tokenizer().save_pretrained(folder)
     return folder
+
+
+class FixedAnswers:
+    """An on-policy sampler whose answers depend on the prompt alone: what the student 'samples' whatever process
+    it runs on and whatever its seed (for tests that need the same samples in two set-ups)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, prompts, seed):
+        from distill.on_policy import Sampled
+
+        self.calls.append((len(prompts), seed))
+        return [Sampled([30 + (sum(prompt) + offset) % 200 for offset in range(1 + len(prompt) % 5)], False)
+                for prompt in prompts]

@@ -47,6 +47,7 @@ class TopKTeacher(NamedTuple):
     logprobs: Tensor
     ids: Tensor
     log_tail: Tensor
+    token_logprobs: Tensor | None = None  # [B, T] of each position's label, from a server (the sampled_kl loss)
 
     @property
     def k(self) -> int:

@@ -16,8 +16,6 @@ regime) -> ``distill.stages.run_stages``. The plain run's stages:
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.checkpoint import PARTIAL, check_writable, write_json_atomic
-from distill.config import Recipe, load_recipe, read_yaml
-from distill.config.base import differences
+from distill.checkpoint import write_json_atomic
+from distill.config import Recipe, load_recipe
 from distill.config.sections import GENERATED
 from distill.data.recipe_data import RunData, load_data
 from distill.errors import DistillError
@@ -40,21 +37,19 @@ from distill.models import (
     check_outputs,
 )
 from distill.objective import Objective
+from distill.run_folder import check_run_dir
 from distill.stages import (
-    DONE_FILE,
-    LOG_FILE,
-    RECIPE_FILE,
     RunContext,
     Stage,
     describe_plan,
     is_main_process,
-    is_run_dir,
     on_main,
     run_stages,
 )
 from distill.training_stage import train_stage
 
 FINETUNED = "student_finetuned"  # distil, then fine-tune (student.finetune): its stage, folder and metrics row
+OFF_POLICY = "off_policy"  # on_policy.compare_off_policy: the same student on the data alone, beside it
 
 __all__ = ["RunData", "RunResult", "load_data", "plan", "train", "check_run_dir", "evaluate_run_models",
            "evaluation_task", "TEACHER_SEED_OFFSET"]
@@ -67,91 +62,6 @@ class RunResult:
     student: nn.Module
     teacher: nn.Module | None
     baseline: nn.Module | None
-
-
-def check_run_dir(recipe: Recipe, output: str | Path | None, resume: bool) -> Path:
-    """Where the run goes; refuses to overwrite a run, to resume one started with another recipe, to write into a
-    folder another command owns (a teacher cache), or a path that cannot be written. Writes nothing but removes
-    leftovers: ``.partial`` files of interrupted writes, and a first attempt that failed before anything was
-    trained or checkpointed (so that the corrected recipe can be run with the same --output)."""
-    run_dir = Path(output or recipe.output.dir or Path("runs") / recipe.name)
-    check_writable(run_dir, "--output")
-    _refuse_foreign_folder(run_dir)
-    saved = run_dir / RECIPE_FILE
-    # decided by every process before any removal, so all see the same thing under DDP
-    fresh = saved.is_file() and _failed_first_attempt(run_dir)
-    if saved.is_file() and is_main_process():  # a folder a run owns; one process cleans it
-        _remove_leftovers(run_dir, fresh)
-    if saved.is_file() and not fresh:
-        if not resume:
-            raise DistillError(f"{run_dir} already holds a run; pass --resume to continue it, "
-                               "or choose another --output")
-        try:
-            previous = read_yaml(saved)
-        except DistillError as error:
-            raise DistillError(f"cannot resume {run_dir}: {error}. {saved} records the recipe the run was started "
-                               "with; restore it, or start a new --output.") from None
-        # evaluation settings do not touch training (and gain fields over versions): they may change on resume
-        differing = differences(previous, recipe.model_dump(mode="json"), ignore={"output", "evaluation"})
-        if differing:
-            raise DistillError(f"cannot resume {run_dir}: the recipe differs from the one it was started with at "
-                               f"{', '.join(differing[:8])}. Resume with the same recipe, or start a new --output.")
-        _check_done_markers(run_dir)
-    elif resume and not fresh and run_dir.exists() and any(run_dir.iterdir()):
-        raise DistillError(f"cannot resume {run_dir}: it holds no recipe.yaml, so it is not a distill run directory")
-    return run_dir
-
-
-def _refuse_foreign_folder(run_dir: Path) -> None:
-    """A run is written only into a folder of its own: not into a teacher cache, nor inside another run."""
-    from distill.cache.format import METADATA_FILE, PROGRESS_FILE
-
-    if (run_dir / METADATA_FILE).is_file() or (run_dir / PROGRESS_FILE).is_file():
-        raise DistillError(f"{run_dir} holds a teacher cache ({METADATA_FILE} or {PROGRESS_FILE}), not a run; a run is "
-                           "not written into it. Choose another --output (the cache is used with "
-                           f"--set teacher.cache={run_dir}).")
-    owner = next((folder for folder in run_dir.absolute().parents if is_run_dir(folder)), None)
-    if owner is not None:
-        raise DistillError(f"{run_dir} is inside the run directory {owner}; a run is not written into another "
-                           "run's folders. Choose an --output outside it.")
-
-
-def _failed_first_attempt(run_dir: Path) -> bool:
-    """Only a recipe and log lines, anywhere in the tree (``.partial`` files aside): no stage finished and no
-    checkpoint exists, so nothing could be resumed, and the old recipe would only block a corrected retry."""
-    files = [path for path in run_dir.rglob("*") if not path.is_dir() and not path.name.endswith(PARTIAL)]
-    return (run_dir / RECIPE_FILE).is_file() and all(path.parent == run_dir and path.name in (RECIPE_FILE, LOG_FILE)
-                                                     for path in files)
-
-
-def _remove_leftovers(run_dir: Path, failed_first_attempt: bool) -> None:
-    """``.partial`` files and folders (writes cut off by a kill or a full disk; no reader uses them) go, and so
-    does a failed first attempt."""
-    for path in sorted(run_dir.rglob(f"*{PARTIAL}"), key=lambda found: len(found.parts)):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists():
-            path.unlink(missing_ok=True)
-    if failed_first_attempt:
-        for path in (run_dir / RECIPE_FILE, run_dir / LOG_FILE):
-            path.unlink(missing_ok=True)
-        for folder in sorted((path for path in run_dir.rglob("*") if path.is_dir()), key=lambda f: -len(f.parts)):
-            folder.rmdir()  # empty by now: those two files were all the tree held
-
-
-def _check_done_markers(run_dir: Path) -> None:
-    """Every stage's done marker must be readable before resuming trusts it (it holds the facts metrics.json
-    reports, and says the stage need not run again)."""
-    for marker in sorted(run_dir.glob(f"*/{DONE_FILE}")):
-        try:
-            facts = json.loads(marker.read_text())
-        except (OSError, ValueError) as error:
-            facts = error
-        if not isinstance(facts, dict):
-            reason = f"is not valid JSON ({facts})" if isinstance(facts, Exception) else "is not a JSON object"
-            raise DistillError(f"cannot resume {run_dir}: {marker} {reason}. It marks stage {marker.parent.name!r} "
-                               "as finished; delete it to run that stage again from its last checkpoint, or "
-                               "restore it.")
 
 
 # ------------------------------------------------------------------------------------------ the plain run's stages
@@ -272,12 +182,18 @@ def _pair(context: RunContext) -> None:
         if teacher is not None and data.tokenizer is not None:
             artifacts["vocab-size"] = check_pair(config, data.tokenizer, teacher, student)
             objective_config = with_vocab_size(config.objective, artifacts["vocab-size"])
+    if config.on_policy is not None:
+        from distill.on_policy import check_prompt_room
+
+        check_prompt_room(artifacts.get("student-data", data).train, config.on_policy.sampling.max_new_tokens,
+                          {role: getattr(getattr(model, "config", None), "max_position_embeddings", None)
+                           for role, model in (("student", student), ("teacher", teacher)) if model is not None})
     artifacts["objective"] = objective_config
 
 
 def _evaluate(context: RunContext) -> None:
     config, data, artifacts, run_dir = context.config, context.data, context.artifacts, context.run_dir
-    models = {name: artifacts[name] for name in ("teacher", "baseline", "student", FINETUNED,
+    models = {name: artifacts[name] for name in ("teacher", "baseline", OFF_POLICY, "student", FINETUNED,
                                                  *artifacts.get("variants", {}))
               if artifacts.get(name) is not None}
     metrics = evaluate_run_models(config, models, data, run_dir, show_progress=context.show_progress,
@@ -288,7 +204,8 @@ def _evaluate(context: RunContext) -> None:
         "recipe": config.name, "seed": config.seed,
         "steps": context.stages.get("student", context.stages.get("teacher", {})).get("steps"),
         "stages": {name: facts for name, facts in context.stages.items()
-                   if name in ("generate", "filter", "general", "teacher", "baseline", "student", FINETUNED)},
+                   if name in ("generate", "filter", "general", "teacher", "baseline", OFF_POLICY, "student",
+                               FINETUNED)},
         "data": data.summary, "wall_seconds": round(time.perf_counter() - context.started, 3),
     })
     on_main(lambda: write_json_atomic(run_dir / "metrics.json", metrics))
@@ -365,12 +282,8 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
                                   seed=config.seed, spec=config.student.model, data=student_data,
                                   does="the student's architecture on hard labels alone, "
                                        "from the same initial weights"))
-    stages.append(train_stage(
-        "student", model="student", teacher="teacher-cache" if cache else ("teacher" if has_teacher else None),
-        data="transfer-data" if config.data.transfer is not None else student_data, training=config.training,
-        seed=config.seed,
-        spec=config.student.model, objective=lambda context: Objective(context["objective"]),
-        does="distil the student with the recipe's objective" + (" from the teacher cache" if cache else "")))
+    distilled_from = "teacher-cache" if cache else ("teacher" if has_teacher else None)
+    stages += _distillation_stages(config, distilled_from, student_data)
     if config.student.finetune is not None:
         stages.append(train_stage(FINETUNED, model="student", copy_model=True, training=config.student.finetune,
                                   seed=config.seed, spec=config.student.model, data=student_data,
@@ -382,6 +295,36 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
     stages.append(Stage("evaluate", "evaluate every model on the test set side by side", _evaluate,
                         reads=("student",), writes=("metrics",), files=("metrics.json",)))
     return stages
+
+
+def _distillation_stages(config: Recipe, teacher: str | None, student_data: str) -> list[Stage]:
+    """The student's stage, and before it the off-policy comparison an on-policy recipe may ask for."""
+    stages, on_policy = [], config.on_policy
+    objective = lambda context: Objective(context["objective"])  # noqa: E731
+    if on_policy is not None and on_policy.compare_off_policy:
+        stages.append(train_stage(OFF_POLICY, model="student", copy_model=True, teacher=teacher, data=student_data,
+                                  training=config.training, seed=config.seed, spec=config.student.model,
+                                  objective=objective,
+                                  does="the same student and objective on the training data alone (off-policy), "
+                                       "from the same initial weights"))
+    stages.append(train_stage(
+        "student", model="student", teacher=teacher,
+        data="transfer-data" if config.data.transfer is not None else student_data, training=config.training,
+        seed=config.seed, spec=config.student.model, objective=objective,
+        batches=None if on_policy is None else _on_policy_source(on_policy),
+        does="distil the student with the recipe's objective"
+        + (" from the teacher cache" if teacher == "teacher-cache" else "")
+        + ("" if on_policy is None else f" on its own samples ({on_policy.lmbda:g} of the steps; the others on the "
+           "data)")))
+    return stages
+
+
+def _on_policy_source(on_policy: Any) -> Any:
+    def batches(context: RunContext) -> Any:
+        from distill.on_policy import on_policy_batches
+
+        return on_policy_batches(on_policy, context.data.tokenizer)
+    return batches
 
 
 def _teacher_only_plan(config: Recipe, given: set[str]) -> list[Stage]:

@@ -254,13 +254,15 @@ class StageRun:
     step: int = 0
     resumed_from: int | None = None
     window: list[Tensor] = field(default_factory=list)  # [total, *terms] per micro-batch since the last log line
+    extras: Callable[[], dict[str, float]] | None = None  # a batch source's own figures for each log line
 
     def log_summary(self) -> dict[str, float]:
         """Each loss's mean over the micro-batches since the last log line (one sync); starts a new window."""
         means = (torch.stack(self.window).sum(0) / len(self.window)).tolist()
         self.window = []
         return {"epoch": round(self.step / self.steps_per_epoch, 4), "lr": self.scheduler.get_last_lr()[0],
-                **{key: round(value, 6) for key, value in zip(self.loss_names, means)}}
+                **{key: round(value, 6) for key, value in zip(self.loss_names, means)},
+                **(self.extras() if self.extras is not None else {})}
 
 
 def _train_loader(dataset: Dataset, training: TrainingConfig, stage: str, seed: int, processes: int) -> DataLoader:
@@ -328,29 +330,40 @@ BatchSource = Callable[[StageRun], Iterable[tuple[dict[str, Any], "float | None"
 TrainStep = Callable[[StageRun, dict[str, Any], "float | None"], tuple[Tensor, dict[str, Tensor]]]
 
 
-def epoch_batches(run: StageRun) -> Iterator[tuple[dict[str, Any], float | None]]:
-    """The default batch source: the training set in its (seed, epoch) order from ``run.step`` on (a resumed run
-    skips what it trained on), each micro-batch on the device, augmented, with its token normaliser when the
-    objective counts tokens (else None); an epoch's tail that does not fill an optimizer step is dropped. A source
-    that makes batches as it goes (on-policy samples) must make a whole accumulation window before yielding from
-    it, as the normaliser counts the window's supervised tokens first: ``with_token_counts(window, ...)``."""
+def epoch_windows(run: StageRun) -> Iterator[list[dict[str, Any]]]:
+    """The training set in its (seed, epoch) order from ``run.step`` on (a resumed run skips what it trained on),
+    one accumulation window (``grad_accum`` micro-batches, on the device, augmented) per optimizer step; an epoch's
+    tail that does not fill a window is dropped."""
     training, accelerator = run.training, run.accelerator
-    counts_tokens = run.step_module.objective.counts_tokens
     micro_per_epoch = run.steps_per_epoch * training.grad_accum
     while True:
         epoch, micro_offset = divmod(run.step * training.grad_accum, micro_per_epoch)
         run.loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(run.loader, micro_offset) if micro_offset else run.loader
-        windows = (with_token_counts(batches, training.grad_accum, accelerator) if counts_tokens
-                   else ((batch, None) for batch in batches))
-        for micro_index, (batch, normalizer) in enumerate(windows, start=micro_offset):
+        window: list[dict[str, Any]] = []
+        for micro_index, batch in enumerate(batches, start=micro_offset):
             if micro_index >= micro_per_epoch:
                 break
             batch = _to_device(batch, accelerator.device)
             if training.augment.shift and "inputs" in batch:
                 generator = batch_generator(run.seed, accelerator.process_index, epoch * micro_per_epoch + micro_index)
                 batch["inputs"] = random_shift(batch["inputs"], training.augment.shift, generator)
-            yield batch, normalizer
+            window.append(batch)
+            if len(window) == training.grad_accum:
+                yield window
+                window = []
+
+
+def epoch_batches(run: StageRun) -> Iterator[tuple[dict[str, Any], float | None]]:
+    """The default batch source: ``epoch_windows``' micro-batches, each with its window's token normaliser when the
+    objective counts tokens (else None). A source that makes batches as it goes (on-policy samples) makes a whole
+    window first, as the normaliser counts its supervised tokens: ``with_token_counts(window, ...)``."""
+    counts_tokens = run.step_module.objective.counts_tokens
+    for window in epoch_windows(run):
+        if counts_tokens:
+            yield from with_token_counts(window, run.training.grad_accum, run.accelerator)
+        else:
+            yield from ((batch, None) for batch in window)
 
 
 def optimizer_step(accelerator: Accelerator, optimizer: AcceleratedOptimizer) -> None:
@@ -435,12 +448,13 @@ def finish_stage(run: StageRun) -> StageResult:
 
 def fit(model: nn.Module, train_dataset: Dataset, *, objective: Objective, training: TrainingConfig, stage: str,
         run_dir: Path, seed: int, teacher: nn.Module | TeacherSource | None = None, val_dataset: Dataset | None = None,
-        resume: bool = False, show_progress: bool = True) -> StageResult:
-    """Train ``model`` on ``train_dataset`` with ``objective`` (against ``teacher`` when it needs one).
+        resume: bool = False, show_progress: bool = True, batches: BatchSource = epoch_batches) -> StageResult:
+    """Train ``model`` on ``train_dataset`` with ``objective`` (against ``teacher`` when it needs one), on the
+    micro-batches of ``batches`` (default: the training set in its seeded order).
 
     Writes checkpoints to ``run_dir/checkpoints/<stage>`` and log lines to ``run_dir/log.jsonl``; with
     ``resume`` it continues from the newest complete checkpoint of this stage."""
     run = start_stage(model, train_dataset, objective=objective, training=training, stage=stage, run_dir=run_dir,
                       seed=seed, teacher=teacher, val_dataset=val_dataset, resume=resume, show_progress=show_progress)
-    train_loop(run)
+    train_loop(run, batches=batches)
     return finish_stage(run)

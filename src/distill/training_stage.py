@@ -59,12 +59,14 @@ def label_classes(model: nn.Module, names: list[str]) -> None:
 
 def train_stage(name: str, *, model: str, does: str, training: Any, seed: int, spec: Any = None,
                 objective: ObjectiveSource = None, teacher: str | None = None, data: str = "data",
-                copy_model: bool = False, output: str | None = None, frozen: bool = False) -> Stage:
+                copy_model: bool = False, output: str | None = None, frozen: bool = False,
+                batches: Callable[[RunContext], Any] | None = None) -> Stage:
     """A stage that trains artifact ``model`` (a copy of it with ``copy_model``) against artifact ``teacher`` on
     the training split of artifact ``data``, validates on its validation split, and writes the result as
     artifact ``output`` (default: the stage's name). ``frozen`` results are teachers of later stages.
     ``training`` and ``objective`` may be functions of the run context, for settings that depend on what
-    earlier stages produced (a vocabulary size, a dataset's length)."""
+    earlier stages produced (a vocabulary size, a dataset's length). ``batches(context)`` gives the trainer's
+    batch source, for stages that make their micro-batches as they go (on-policy samples)."""
     output = output or name
 
     def produced(context: RunContext, trained: nn.Module) -> None:
@@ -72,14 +74,15 @@ def train_stage(name: str, *, model: str, does: str, training: Any, seed: int, s
         context.artifacts[output] = trained.requires_grad_(False) if frozen else trained
 
     def run(context: RunContext) -> dict[str, Any]:
-        from distill.trainer import fit
+        from distill.trainer import epoch_batches, fit
 
         initial = copy.deepcopy(context[model]) if copy_model else context[model]
         dataset = context[data]
         settings = training(context) if callable(training) else training
         result = fit(initial, dataset.train, objective=_objective(objective, context), training=settings, stage=name,
                      run_dir=context.run_dir, seed=seed, teacher=context[teacher] if teacher else None,
-                     val_dataset=dataset.val, resume=context.resume, show_progress=context.show_progress)
+                     val_dataset=dataset.val, resume=context.resume, show_progress=context.show_progress,
+                     batches=batches(context) if batches is not None else epoch_batches)
         export_trained(result.model, spec, context, name, dataset)
         produced(context, result.model)
         return {"steps": result.steps, "wall_seconds": round(result.wall_seconds, 3),

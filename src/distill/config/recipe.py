@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from distill.config.base import StrictSection
 from distill.config.generation import FilterSpec, GenerationConfig
 from distill.config.modes import ModeSpec
+from distill.config.on_policy import OnPolicyConfig
 from distill.config.sections import (
     CompressConfig,
     DataConfig,
@@ -57,6 +58,9 @@ class Recipe(StrictSection):
     mode: ModeSpec | None = Field(None, description="A training regime beyond one frozen teacher (distill.modes), "
                                   "chosen by kind (null: a plain teacher -> student run). student.freeze is not "
                                   "allowed with one (checked).")
+    on_policy: OnPolicyConfig | None = Field(None, description="The student answers its training prompts itself "
+                                             "and the teacher scores every token (null: train on the data as it "
+                                             "is). Chat data, a causal-LM teacher run live, no mode (checked).")
 
     @model_validator(mode="after")
     def _data_or_generation(self) -> "Recipe":
@@ -158,6 +162,33 @@ class Recipe(StrictSection):
         if self.student.freeze and self.mode is not None:
             raise ValueError(f"student.freeze is applied to the single student of a plain run; mode "
                              f"{self.mode.kind!r} trains its own models. Remove student.freeze")
+        return self
+
+    @model_validator(mode="after")
+    def _on_policy(self) -> "Recipe":
+        if self.on_policy is None:
+            return self
+        from distill.config.loss_catalog import entry
+
+        data = self.data
+        chat = data is not None and (data.dataset == "generated" or (data.dataset or "").startswith("task:")
+                                     or (data.lm is not None and data.lm.format == "chat"))
+        refusal = ("data must be chat records (data.lm.format: chat, task:NAME or generated): the prompts are each "
+                   "record's turns before its first answer" if not chat
+                   else "a mode trains its own models" if self.mode is not None
+                   else "a teacher cache holds outputs for the data's own tokens, not for the student's samples; "
+                        "use teacher.model" if self.teacher.cache is not None
+                   else "the objective must compare with the teacher (a token_kd term)" if not self.needs_teacher()
+                   else None)
+        if refusal:
+            raise ValueError(f"on_policy: {refusal}")
+        for term in self.objective.terms:
+            hard = float(term.options.get("hard_weight", 0) or 0)
+            if (not entry(term.loss).needs_teacher or hard) and self.on_policy.lmbda > 0:
+                raise ValueError(f"on_policy: objective term {term.display_name!r} "
+                                 + ("has options.hard_weight" if hard else f"({term.loss}) reads only the labels")
+                                 + ", which on the student's own samples are its own tokens: it would train the "
+                                 "student to repeat itself. Keep only terms against the teacher (token_kd)")
         return self
 
     def needs_teacher(self) -> bool:

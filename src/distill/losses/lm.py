@@ -13,7 +13,7 @@ the run when teacher and student heads are padded to different sizes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor
 from distill.capture import FinalHidden, TopKTeacher
 from distill.errors import DistillError
 from distill.losses.registry import NonNegative, Positive, PositiveInt, UnitInterval, register_loss
+from distill.losses.sampled import chunked_bucket_kd, chunked_sampled_kl
 from distill.losses.tokens import (
     DIVERGENCES,
     Divergence,
@@ -153,3 +154,62 @@ def token_ce(student_final: FinalHidden, labels: Tensor, *, chunk_size: Positive
                                 normalizer=normalizer)
     except ValueError as error:
         raise DistillError(f"token_ce: {error}") from None
+
+
+@register_loss("sampled_kl")
+def sampled_kl(student_final: FinalHidden, teacher_final: FinalHidden | TopKTeacher, labels: Tensor, *,
+               estimator: Literal["sampled", "topk"] = "sampled", divergence: Divergence = "reverse_kl",
+               top_k: PositiveInt = 20, chunk_size: PositiveInt | None = None, normalizer: Any = None,
+               vocab_size: PositiveInt | None = None) -> Tensor:
+    """On-policy KD from a teacher's log-probabilities, as a server returns them (the teacher behind an endpoint;
+    a live teacher is read the same way, so both give the same loss). ``estimator: sampled``: the per-token
+    reverse-KL estimate ``log q(y) - log p(y)`` on the tokens the student sampled, with the policy-gradient
+    gradient (Thinking Machines' on-policy distillation). ``estimator: topk``: ``divergence`` over the teacher's
+    ``top_k`` tokens plus a tail bucket. Summed over supervised tokens, divided by ``normalizer``."""
+    student = _final_hidden(student_final, "student", "sampled_kl")
+    weight = student.weight[:vocab_size] if vocab_size else student.weight
+    bias = None if student.bias is None else (student.bias[:vocab_size] if vocab_size else student.bias)
+    if isinstance(teacher_final, FinalHidden):
+        teacher_final = _scored(teacher_final, labels, top_k if estimator == "topk" else 0, chunk_size, vocab_size)
+    elif not isinstance(teacher_final, TopKTeacher):
+        raise DistillError(f"sampled_kl reads the teacher's final_hidden (a model or an endpoint), got a "
+                           f"{type(teacher_final).__name__}")
+    try:
+        if estimator == "sampled":
+            if teacher_final.token_logprobs is None:
+                raise DistillError("sampled_kl: the teacher gave no log-probabilities of the sampled tokens")
+            return chunked_sampled_kl(student.hidden, weight, teacher_final.token_logprobs, labels, student_bias=bias,
+                                      chunk_size=chunk_size, normalizer=normalizer)
+        if teacher_final.k < top_k:
+            raise DistillError(f"sampled_kl: top_k={top_k}, and the teacher returned only {teacher_final.k} "
+                               "log-probabilities per position; lower top_k, or ask the server for more")
+        top = truncate_topk(teacher_final, top_k)
+        return chunked_bucket_kd(student.hidden, weight, top.logprobs, top.ids, labels, divergence=divergence,
+                                 teacher_log_tail=top.log_tail, student_bias=bias, chunk_size=chunk_size,
+                                 normalizer=normalizer)
+    except ValueError as error:
+        raise DistillError(f"sampled_kl: {error}") from None
+
+
+def _scored(teacher: FinalHidden, labels: Tensor, k: int, chunk_size: int | None, vocab_size: int | None
+            ) -> TopKTeacher:
+    """A live teacher as a server would describe it: each position's log-probability of its label and (k > 0)
+    its top k, at the supervised positions (zeros elsewhere)."""
+    flat = labels.reshape(-1)
+    rows = (flat != -100).nonzero().squeeze(1)
+    hidden = teacher.hidden.reshape(-1, teacher.hidden.shape[-1])
+    weight = teacher.weight[:vocab_size] if vocab_size else teacher.weight
+    bias = None if teacher.bias is None else (teacher.bias[:vocab_size] if vocab_size else teacher.bias)
+    token = torch.zeros(flat.shape[0], dtype=torch.float32, device=hidden.device)
+    with torch.no_grad():
+        for start in range(0, rows.shape[0], chunk_size or auto_chunk_size(weight.shape[0])):
+            chunk = rows[start:start + (chunk_size or auto_chunk_size(weight.shape[0]))]
+            log_probs = F.log_softmax(F.linear(hidden.index_select(0, chunk), weight, bias).float(), dim=-1)
+            token[chunk] = log_probs.gather(1, flat[chunk, None]).squeeze(1)
+    shape = (*labels.shape, max(k, 1))
+    values, ids, tail = (torch.zeros(shape, device=hidden.device), torch.zeros(shape, dtype=torch.long,
+                         device=hidden.device), torch.zeros(labels.shape, device=hidden.device))
+    if k:
+        top = teacher_topk(teacher, k, rows=rows, chunk_size=chunk_size, vocab_size=vocab_size)
+        values.view(-1, k)[rows], ids.view(-1, k)[rows], tail.view(-1)[rows] = top.logprobs, top.ids, top.log_tail
+    return TopKTeacher(values, ids, tail, token.view(labels.shape))
