@@ -28,7 +28,7 @@ from distill.errors import DistillError
 
 _INDEXED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>-?\d+)\]$")
 # Batch keys that are not model inputs: the labels, and the sample ids a teacher cache is looked up by.
-NOT_MODEL_INPUTS = {"labels", "sample_id"}
+NOT_MODEL_INPUTS = {"labels", "sample_id", "teacher_scores"}  # the last: an endpoint teacher's, fetched ahead
 OUTPUT_ATTRIBUTES = {"last_hidden_state", "pooler_output", "hidden_states", "attentions", "logits"}
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from distill.data.lm import IGNORE_INDEX, next_token_targets, pad_lm_batch
 from distill.errors import DistillError
+from distill.generation.endpoint import EndpointUnavailable
 from distill.generation.local import end_of_answer_ids
 from distill.trainer import StageRun, epoch_windows, with_token_counts
 
@@ -192,6 +193,22 @@ def on_policy_batches(config: Any, tokenizer: Any, sampler: Any = None):
                         "prompt": tokenizer.decode(prompts[0], skip_special_tokens=False),
                         "completion": tokenizer.decode(completions[0].tokens, skip_special_tokens=False),
                         "truncated": completions[0].truncated}})
+            prefetch = getattr(run.teacher_signals_from, "prefetch", None)
+            if prefetch is not None:  # a teacher behind a server: scored for the whole window, before any backward
+                try:
+                    prefetch(window)
+                except EndpointUnavailable as error:
+                    raise EndpointUnavailable(f"{error}{stopped_at(run)}") from None
             yield from with_token_counts(window, training.grad_accum, accelerator)
 
     return batches
+
+
+def stopped_at(run: StageRun) -> str:
+    """Checkpoints the steps trained so far (the window being scored has not touched the weights), so that
+    ``--resume`` continues where the server stopped answering."""
+    if run.step == 0:
+        return " (no step was trained yet)"
+    if run.step not in run.checkpoints.saved_steps():
+        run.checkpoints.save(run.step)
+    return f" (checkpoint of step {run.step} written to {run.checkpoints.directory})"

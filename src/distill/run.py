@@ -68,14 +68,19 @@ class RunResult:
 def _has_teacher_model(config: Recipe, given: set[str]) -> bool:
     """Whether the run holds a teacher module. With a cache the teacher is not needed to train, only to derive a
     student from its layers."""
-    return "teacher" in given or (config.teacher.model is not None
-                                  and (config.teacher.cache is None or config.student.from_teacher is not None))
+    return "teacher" in given or config.teacher.endpoint is not None or (
+        config.teacher.model is not None and (config.teacher.cache is None or config.student.from_teacher is not None))
 
 
 def _prepare(context: RunContext) -> None:
     config, data, artifacts = context.config, context.data, context.artifacts
     language_model = config.data.is_language_modeling
-    if "teacher" not in artifacts and _has_teacher_model(config, set()):
+    if "teacher" not in artifacts and config.teacher.endpoint is not None:
+        from distill.generation.scoring import EndpointTeacher
+
+        artifacts["teacher"] = EndpointTeacher(config.teacher.endpoint, data.tokenizer)
+        artifacts["teacher"].check_tokenizer()
+    elif "teacher" not in artifacts and _has_teacher_model(config, set()):
         artifacts["teacher"] = build_teacher(config, data)
     teacher = artifacts.get("teacher")
     if "student" not in artifacts and config.student.model is not None:  # a derived student waits for the teacher
@@ -96,7 +101,8 @@ def _prepare(context: RunContext) -> None:
 
             artifacts["general-data"] = general_data(config, data)
     # one probe pass over the models that exist, before any of them trains
-    check_outputs({"teacher": teacher, "student": artifacts.get("student")}, data)
+    check_outputs({"teacher": teacher if isinstance(teacher, nn.Module) else None,
+                   "student": artifacts.get("student")}, data)
     if language_model:
         from distill.causal_lm import check_context, check_tokenizers
 
@@ -151,7 +157,7 @@ def _probe_objective(context: RunContext) -> None:
     if teacher is None and config.needs_teacher():
         return  # refused by the plan already; nothing to probe against
     objective = config.objective
-    if config.data.is_language_modeling and not cache and teacher is not None and data.tokenizer is not None:
+    if config.data.is_language_modeling and isinstance(teacher, nn.Module) and data.tokenizer is not None:
         from distill.causal_lm import check_pair, with_vocab_size
 
         objective = with_vocab_size(objective, check_pair(config, data.tokenizer, teacher, student))
@@ -179,7 +185,7 @@ def _pair(context: RunContext) -> None:
         from distill.causal_lm import check_context, check_pair, with_vocab_size
 
         check_context(student, "student", config.data.max_length)
-        if teacher is not None and data.tokenizer is not None:
+        if isinstance(teacher, nn.Module) and data.tokenizer is not None:
             artifacts["vocab-size"] = check_pair(config, data.tokenizer, teacher, student)
             objective_config = with_vocab_size(config.objective, artifacts["vocab-size"])
     if config.on_policy is not None:
@@ -195,7 +201,7 @@ def _evaluate(context: RunContext) -> None:
     config, data, artifacts, run_dir = context.config, context.data, context.artifacts, context.run_dir
     models = {name: artifacts[name] for name in ("teacher", "baseline", OFF_POLICY, "student", FINETUNED,
                                                  *artifacts.get("variants", {}))
-              if artifacts.get(name) is not None}
+              if isinstance(artifacts.get(name), nn.Module)}  # an endpoint teacher is not evaluated here
     metrics = evaluate_run_models(config, models, data, run_dir, show_progress=context.show_progress,
                                   vocab_size=artifacts.get("vocab-size"))
     if artifacts.get("variants"):
@@ -243,7 +249,7 @@ def plan(config: Recipe, given: set[str] | frozenset[str] = frozenset()) -> list
                            "objective: {alpha: 0.9, temperature: 4}), or remove the student section to train and "
                            "evaluate the teacher alone")
     if "teacher" not in given and config.teacher.model is None and config.teacher.cache is None \
-            and config.needs_teacher():
+            and config.teacher.endpoint is None and config.needs_teacher():
         raise DistillError("teacher.model is not set and no teacher module was passed")
     language_model = config.data.is_language_modeling
     has_teacher = _has_teacher_model(config, set(given))

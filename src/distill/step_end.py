@@ -77,6 +77,9 @@ class StageCheckpoints:
         log.truncate_after(self.stage, int(state["step"]))
         return int(state["step"])
 
+    def saved_steps(self) -> set[int]:
+        return {int(path.name.split("-")[-1]) for path in list_checkpoints(self.directory)}
+
     def save(self, step: int) -> None:
         save_checkpoint(self.directory, step=step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         state={"stage": self.stage, "total_steps": self.total_steps}, process_index=self.process_index,

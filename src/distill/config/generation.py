@@ -82,8 +82,18 @@ class EndpointConfig(StrictSection):
     @model_validator(mode="after")
     def _http(self) -> "EndpointConfig":
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"generate.endpoint.url must start with http:// or https://, got {self.url!r}")
+            raise ValueError(f"endpoint.url must start with http:// or https://, got {self.url!r}")
         return self
+
+
+class TeacherEndpointConfig(EndpointConfig):
+    """A teacher behind an OpenAI-compatible server that scores given token sequences (distill serve, vLLM): each
+    sequence is sent as token ids to /completions with echo and logprobs (and vLLM's prompt_logprobs), and the
+    teacher's log-probability of every token (and its top_logprobs likeliest) comes back. Teacher and student must
+    share a tokenizer (checked with a probe text before training)."""
+    top_logprobs: int = Field(0, ge=0, le=20, description="Likeliest tokens asked for at each position (0: only "
+                              "the log-probability of the token there, enough for sampled_kl's sampled "
+                              "estimator; its topk estimator needs top_k of them).")
 
 
 class GenerationConfig(StrictSection):

@@ -191,6 +191,30 @@ class Recipe(StrictSection):
                                  "student to repeat itself. Keep only terms against the teacher (token_kd)")
         return self
 
+    @model_validator(mode="after")
+    def _endpoint_teacher(self) -> "Recipe":
+        endpoint = self.teacher.endpoint
+        if endpoint is None:
+            return self
+        if self.data is None or not self.data.is_language_modeling or self.data.tokenizer is None:
+            raise ValueError("teacher.endpoint scores causal-LM token sequences: the data must be LM data with "
+                             "data.tokenizer set (the tokenizer teacher and student share)")
+        if self.mode is not None or self.student.from_teacher is not None:
+            raise ValueError("teacher.endpoint: " + ("a mode" if self.mode is not None else "student.from_teacher")
+                             + " needs the teacher's weights, which stay on the server")
+        from distill.config.loss_catalog import entry
+
+        for term in self.objective.terms if self.objective is not None else ():
+            if term.loss != "sampled_kl" and entry(term.loss).needs_teacher:
+                raise ValueError(f"teacher.endpoint: objective term {term.display_name!r} ({term.loss}) needs "
+                                     "the teacher's hidden states or full distribution, and a server returns "
+                                     "log-probabilities only; use loss sampled_kl")
+            top_k = int(term.options.get("top_k", 20))
+            if term.loss == "sampled_kl" and term.options.get("estimator") == "topk" and endpoint.top_logprobs < top_k:
+                raise ValueError(f"objective term {term.display_name!r}: estimator topk with top_k {top_k} needs "
+                                 f"teacher.endpoint.top_logprobs >= {top_k} (it is {endpoint.top_logprobs})")
+        return self
+
     def needs_teacher(self) -> bool:
         from distill.config.loss_catalog import entry
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from distill.config.base import StrictSection
+from distill.config.generation import TeacherEndpointConfig
 from distill.config.specs import ModelSpec
 from distill.errors import DistillError
 
@@ -236,12 +237,18 @@ class TeacherConfig(StrictSection):
         "the cache was built from it. Several teachers: {name: folder, ...}; a term then reads teacher `name` (its "
         "logits) or `name.SIGNAL`. Not with train; a mapping needs non-empty names without '.' and no "
         "teacher.model (checked).")
+    endpoint: TeacherEndpointConfig | None = Field(None, description="The teacher behind an OpenAI-compatible "
+                                                   "server (sampled_kl terms; not with model, cache or train).")
     cache_allow_augmentation: bool = Field(False, description="Train from a cache under training.augment anyway, "
                                            "although the cached outputs are for un-augmented inputs (otherwise "
                                            "refused).")
 
     @model_validator(mode="after")
     def _cache_or_train(self) -> "TeacherConfig":
+        if self.endpoint is not None and (self.model is not None or self.cache is not None or self.train is not None):
+            raise ValueError("teacher.endpoint is the teacher; teacher."
+                             + ("model" if self.model is not None else "cache" if self.cache is not None else "train")
+                             + " cannot be set with it (a model served elsewhere is neither loaded nor trained here)")
         if self.cache is not None and self.train is not None:
             raise ValueError("teacher.cache replaces running the teacher, so teacher.train cannot be set with it; "
                              "train the teacher in one run, build the cache from RUN/teacher, then train from it")

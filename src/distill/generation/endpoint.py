@@ -19,15 +19,8 @@ RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 class EndpointBackend:
     def __init__(self, endpoint: Any, decoding: Any, chat: str = "auto"):
-        import httpx
-
         self.endpoint, self.decoding, self.chat = endpoint, decoding, chat
-        key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
-        if endpoint.api_key_env and not key:
-            raise DistillError(f"generate.endpoint.api_key_env: the environment variable {endpoint.api_key_env} is "
-                               "not set")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(base_url=endpoint.url.rstrip("/"), headers=headers, timeout=endpoint.timeout)
+        self.client = http_client(endpoint, "generate.endpoint")
 
     def batches(self, prompts: list[Prompt], batch_size: int) -> list[list[tuple[Prompt, None]]]:
         """Batches (commit units) of at least ``concurrency`` prompts, so that many requests are in flight."""
@@ -64,34 +57,55 @@ class EndpointBackend:
         return [_answer(choice, path, shared_tokens) for choice in choices]
 
     def _post(self, path: str, body: dict[str, Any], prompt: Prompt) -> dict[str, Any]:
-        import httpx
+        return post_with_retries(self.client, self.endpoint, path, body, f"prompt {prompt.id}",
+                                 "The records generated so far are kept; run the same command again to continue")
 
-        url = f"{self.endpoint.url.rstrip('/')}{path}"
-        problem = ""
-        for attempt in range(self.endpoint.retries + 1):
-            if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 30.0))
-            try:
-                response = self.client.post(path, json=body)
-            except httpx.TimeoutException:
-                problem = f"timed out after {self.endpoint.timeout:g} s"
-                continue
-            except httpx.TransportError as error:
-                problem = f"unreachable ({error})"
-                continue
-            if response.status_code in RETRIED_STATUS:
-                problem = f"answered {response.status_code} {response.reason_phrase}"
-                continue
-            if response.status_code >= 400:
-                raise DistillError(f"endpoint {url} refused prompt {prompt.id}: {response.status_code} "
-                                   f"{response.text[:300]}")
-            try:
-                return response.json()
-            except ValueError:
-                raise DistillError(f"endpoint {url} answered prompt {prompt.id} with something that is not "
-                                   "JSON") from None
-        raise DistillError(f"endpoint {url} {problem}, {self.endpoint.retries + 1} attempts for prompt {prompt.id}. "
-                           "The records generated so far are kept; run the same command again to continue")
+
+def post_with_retries(client: Any, endpoint: Any, path: str, body: dict[str, Any], what: str, after: str
+                      ) -> dict[str, Any]:
+    """POST ``body`` to ``endpoint.url + path`` and return the JSON reply, retrying connection errors, timeouts,
+    429 and 5xx ``endpoint.retries`` times with exponential back-off; then a DistillError naming ``what`` the
+    request was for, and ``after``: what was kept and how to go on."""
+    import httpx
+
+    url = f"{endpoint.url.rstrip('/')}{path}"
+    problem = ""
+    for attempt in range(endpoint.retries + 1):
+        if attempt:
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 30.0))
+        try:
+            response = client.post(path, json=body)
+        except httpx.TimeoutException:
+            problem = f"timed out after {endpoint.timeout:g} s"
+            continue
+        except httpx.TransportError as error:
+            problem = f"unreachable ({error})"
+            continue
+        if response.status_code in RETRIED_STATUS:
+            problem = f"answered {response.status_code} {response.reason_phrase}"
+            continue
+        if response.status_code >= 400:
+            raise DistillError(f"endpoint {url} refused {what}: {response.status_code} {response.text[:300]}")
+        try:
+            return response.json()
+        except ValueError:
+            raise DistillError(f"endpoint {url} answered {what} with something that is not JSON") from None
+    raise EndpointUnavailable(f"endpoint {url} {problem}, {endpoint.retries + 1} attempts for {what}. {after}")
+
+
+class EndpointUnavailable(DistillError):
+    """A server stayed unreachable (or overloaded) through every retry."""
+
+
+def http_client(endpoint: Any, section: str) -> Any:
+    """An httpx client for ``endpoint``, with its API key when ``api_key_env`` names one."""
+    import httpx
+
+    key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+    if endpoint.api_key_env and not key:
+        raise DistillError(f"{section}.api_key_env: the environment variable {endpoint.api_key_env} is not set")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=endpoint.url.rstrip("/"), headers=headers, timeout=endpoint.timeout)
 
 
 def _answer(choice: dict[str, Any], path: str, usage_tokens: int) -> Answer:

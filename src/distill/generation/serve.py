@@ -46,10 +46,11 @@ class ChatRequest(_SamplingRequest):
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # texts, or token ids (read as given: for scoring)
     max_tokens: int = Field(16, ge=0)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM's: per prompt token, {id: {logprob, ...}}
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Batcher:
         self.batch_window, self.max_batch = batch_window, max_batch
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.batches: list[int] = []  # sizes of the batches run, for tests and logs
+        # one forward at a time: generation (its log-prob hook on the model) and echo scoring share the model
+        self.model_lock = threading.Lock()
 
     async def submit(self, prompt: Prompt, ids: list[int], decoding: DecodingConfig, top: int, seed: int
                      ) -> list[Answer]:
@@ -107,7 +110,16 @@ class Batcher:
     def _answer(self, items: list[_Pending]) -> list[list[Answer]]:
         backend = LocalBackend(self.model, self.tokenizer, items[0].decoding, chat="never")
         self.batches.append(len(items))
-        return backend.answer([(item.prompt, item.ids) for item in items], items[0].seed, top_logprobs=items[0].top)
+        with self.model_lock:
+            return backend.answer([(item.prompt, item.ids) for item in items], items[0].seed,
+                                  top_logprobs=items[0].top)
+
+    async def score(self, ids: list[int], top: int) -> dict[str, list[Any]]:
+        """``_score`` off the event loop, one forward at a time with generation."""
+        def locked() -> dict[str, list[Any]]:
+            with self.model_lock:
+                return _score(self.model, self.tokenizer, ids, top)
+        return await asyncio.get_running_loop().run_in_executor(None, locked)
 
 
 def _decoding(request: Any) -> DecodingConfig:
@@ -163,48 +175,79 @@ def create_app(model: Any, tokenizer: Any, *, model_name: str, api_key: str | No
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict[str, Any]:
-        texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         choices, prompt_tokens, all_answers = [], 0, []
-        for text in texts:
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        for text, ids in _prompts(request.prompt, tokenizer):
             prompt_tokens += len(ids)
             top = request.logprobs or 0
-            echoed = _score(model, tokenizer, ids, top) if request.echo and request.logprobs is not None else None
+            scored = request.prompt_logprobs is not None or (request.echo and request.logprobs is not None)
+            echoed = await batcher.score(ids, max(top, request.prompt_logprobs or 0)) if scored else None
             answers = ([Answer("", 0, 0.0, "length")] * request.n if request.max_tokens == 0 else
                        await batcher.submit(Prompt("request", text), ids, _decoding(request), top, request.seed or 0))
             all_answers += answers
             for answer in answers:
-                logprobs = _completion_logprobs(answer, tokenizer, echoed) if request.logprobs is not None else None
-                choices.append({"index": len(choices), "text": (text if request.echo else "") + answer.text,
-                                "logprobs": logprobs, "finish_reason": answer.finish_reason})
+                logprobs = (_completion_logprobs(answer, tokenizer, echoed if request.echo else None, top)
+                            if request.logprobs is not None else None)
+                choice = {"index": len(choices), "text": (text if request.echo else "") + answer.text,
+                          "logprobs": logprobs, "finish_reason": answer.finish_reason}
+                if request.prompt_logprobs is not None:
+                    choice["prompt_logprobs"] = _prompt_logprobs(echoed, tokenizer, request.prompt_logprobs)
+                choices.append(choice)
         return _response("text_completion", model_name, choices, prompt_tokens, all_answers)
 
     return app
 
 
+def _prompts(prompt: Any, tokenizer: Any) -> list[tuple[str, list[int]]]:
+    """Each prompt of a request as (text, token ids): texts are tokenised, token ids are taken as they are."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        prompt = [prompt]
+    return [(item, tokenizer(item, add_special_tokens=True)["input_ids"]) if isinstance(item, str)
+            else (tokenizer.decode(item), list(item)) for item in prompt]
+
+
 def _score(model: Any, tokenizer: Any, ids: list[int], top: int) -> dict[str, list[Any]]:
-    """Log-probability of each token of a given text under the model (the first has none), for ``echo``."""
+    """Log-probability of each token of a given text under the model (the first has none) and the ``top``
+    likeliest tokens (id, log-probability) at each position, for ``echo`` and ``prompt_logprobs``."""
     with torch.no_grad():
         logits = model(torch.tensor([ids], device=next(model.parameters()).device)).logits[0].float()
     logprobs = torch.log_softmax(logits[:-1], dim=-1)
     chosen = logprobs.gather(-1, torch.tensor(ids[1:], device=logprobs.device)[:, None]).squeeze(-1).tolist()
-    tops: list[Any] = [None]
+    tops: list[Any] = [None] * len(ids)
     if top:
         values, indices = logprobs.topk(top, dim=-1)
-        tops += [{tokenizer.convert_ids_to_tokens(index): round(value, 6) for index, value in zip(row_ids, row)}
-                 for row_ids, row in zip(indices.tolist(), values.tolist())]
-    else:
-        tops += [None] * (len(ids) - 1)
-    return {"tokens": tokenizer.convert_ids_to_tokens(ids), "token_logprobs": [None, *chosen], "top_logprobs": tops}
+        tops = [None, *(list(zip(row_ids, [round(value, 6) for value in row]))
+                        for row_ids, row in zip(indices.tolist(), values.tolist()))]
+    return {"ids": list(ids), "token_logprobs": [None, *chosen], "top": tops}
 
 
-def _completion_logprobs(answer: Answer, tokenizer: Any, echoed: dict[str, list[Any]] | None) -> dict[str, Any]:
-    tokens = tokenizer.convert_ids_to_tokens(list(answer.token_ids))
-    tops = [{tokenizer.convert_ids_to_tokens(index): value for index, value in step} for step in answer.top_logprobs]
-    result = {"tokens": tokens, "token_logprobs": list(answer.token_logprobs),
-              "top_logprobs": tops or [None] * len(tokens)}
+def _completion_logprobs(answer: Answer, tokenizer: Any, echoed: dict[str, list[Any]] | None,
+                         top: int) -> dict[str, Any]:
+    """The completions API's logprobs: tokens by name, their log-probabilities, the top ones by name; with
+    ``echo`` the prompt's first."""
+    ids, values, steps = list(answer.token_ids), list(answer.token_logprobs), list(answer.top_logprobs)
     if echoed is not None:
-        result = {key: echoed[key] + result[key] for key in result}
+        ids, values = echoed["ids"] + ids, echoed["token_logprobs"] + values
+        steps = [step[:top] if step else None for step in echoed["top"]] + (steps or [None] * len(answer.token_ids))
+    names = tokenizer.convert_ids_to_tokens
+    tops = [{names(index): value for index, value in step} if step else None for step in steps] if top else []
+    return {"tokens": names(ids), "token_logprobs": values, "top_logprobs": tops or [None] * len(ids)}
+
+
+def _prompt_logprobs(echoed: dict[str, list[Any]], tokenizer: Any, top: int) -> list[Any]:
+    """vLLM's prompt_logprobs: per prompt token (None for the first) {id: {logprob, rank, decoded_token}} of the
+    token there and the ``top`` likeliest."""
+    result: list[Any] = [None]
+    for position in range(1, len(echoed["ids"])):
+        token_id, value = echoed["ids"][position], echoed["token_logprobs"][position]
+        ranked = list(echoed["top"][position] or [])[:top]
+        entries = {str(index): {"logprob": lp, "rank": rank, "decoded_token": tokenizer.decode([index])}
+                   for rank, (index, lp) in enumerate(ranked, start=1)}
+        if str(token_id) not in entries:
+            entries[str(token_id)] = {"logprob": round(value, 6), "rank": None,
+                                      "decoded_token": tokenizer.decode([token_id])}
+        result.append(entries)
     return result
 
 
