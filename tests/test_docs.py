@@ -85,6 +85,7 @@ DECISIONS: dict[str, Any] = {
     "distill recipes": RUN,
     "distill train addition-teacher --output runs/addition-teacher": PLAN,
     "distill train addition-seq-kd --output runs/addition-seq-kd": PLAN,
+    "distill train addition-on-policy --output runs/addition-on-policy": PLAN,
     "distill check my-kd.yaml --explain": RUN,
     "distill train my-kd.yaml --output runs/kd": FIXTURE,
     "distill train llm-tiny --output runs/llm-tiny": PLAN,
@@ -123,6 +124,10 @@ DECISIONS: dict[str, Any] = {
         Skip("reads the generation above; tests/test_filters.py runs distill filter on planted records"),
     "distill serve runs/arith/teacher --port 8000":
         Skip("a server that runs until stopped; tests/test_serve.py serves a tiny local Llama on a free port"),
+    # docs/on-policy.md
+    "distill serve runs/addition-teacher/teacher --port 8000":
+        Skip("a server that runs until stopped; tests/test_on_policy_endpoint.py trains against distill serve on a "
+             "free port"),
     # docs/benchmarks.md (its python benchmarks/*.py lines are parsed, see the module docstring)
     "distill train llm-logit-kd --output runs/smol --set training.max_steps=24 --set training.batch_size=4 "
     "--set training.log_every=4 --set training.checkpoint_every=24 --set evaluation.max_test_tokens=2048": PLAN,

@@ -280,3 +280,29 @@ def test_sampled_kl_reads_a_live_teacher_as_a_server_would_describe_it(estimator
     torch.testing.assert_close(live, sampled_kl(student, scored, labels, estimator=estimator, top_k=5))
     with pytest.raises(distill.DistillError, match="top_k=8, and the teacher returned only 5"):
         sampled_kl(student, scored, labels, estimator="topk", top_k=8)
+
+
+def test_the_builtin_on_policy_recipe_runs_after_the_builtin_teacher(tmp_path, monkeypatch):
+    """addition-teacher then addition-on-policy, from the default paths, on tiny sizes."""
+    from click.testing import CliRunner
+
+    from distill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    trained = CliRunner().invoke(main, [
+        "train", "addition-teacher", "--quiet", "-o", "runs/addition-teacher",
+        "--set", "teacher.model.config.hidden_size=32", "--set", "teacher.model.config.intermediate_size=64",
+        "--set", "data.lm.task_train=64", "--set", "data.lm.task_test=8", "--set", "teacher.train.max_steps=3",
+        "--set", "evaluation.task_suite.count=4", "--set", "evaluation.task_suite.max_new_tokens=8"])
+    assert trained.exit_code == 0, trained.output
+    distilled = CliRunner().invoke(main, [
+        "train", "addition-on-policy", "--quiet", "-o", "runs/on-policy", "--set", "data.lm.task_train=32",
+        "--set", "data.lm.task_test=8", "--set", "training.max_steps=4", "--set", "training.batch_size=4",
+        "--set", "training.log_every=2", "--set", "on_policy.sampling.max_new_tokens=12",
+        "--set", "evaluation.task_suite.count=4", "--set", "evaluation.task_suite.max_new_tokens=8"])
+    assert distilled.exit_code == 0, distilled.output
+    metrics = json.loads((tmp_path / "runs" / "on-policy" / "metrics.json").read_text())
+    assert metrics["models"] == ["teacher", "off_policy", "student"]
+    assert all("task_exact_match" in metrics[name] for name in metrics["models"])
+    lines = [json.loads(line) for line in (tmp_path / "runs" / "on-policy" / "log.jsonl").read_text().splitlines()]
+    assert any("on_policy_share" in line for line in lines if line["stage"] == "student")
