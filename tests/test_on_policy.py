@@ -306,3 +306,18 @@ def test_the_builtin_on_policy_recipe_runs_after_the_builtin_teacher(tmp_path, m
     assert all("task_exact_match" in metrics[name] for name in metrics["models"])
     lines = [json.loads(line) for line in (tmp_path / "runs" / "on-policy" / "log.jsonl").read_text().splitlines()]
     assert any("on_policy_share" in line for line in lines if line["stage"] == "student")
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_naming_both(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"w{index}": index for index in range(512)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "teacher"
+    tiny_llama(512, hidden=32, seed=1).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0", pad_token="w1").save_pretrained(folder)
+    with pytest.raises(distill.DistillError, match="sequence-level") as refused:
+        distill.train(_recipe(folder), output=tmp_path / "run", show_progress=False)
+    assert "teacher" in str(refused.value) and "student" in str(refused.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
