@@ -117,6 +117,7 @@ INPUTS: dict[str, Callable[[], tuple[Any, ...]]] = {
                            _probabilities(31, BATCH, HEADS, TOKENS, TOKENS)),
     "token_kd": lambda: (_student_final(), _teacher_final(), _next_token_labels()),
     "token_ce": lambda: (_student_final(), _next_token_labels()),
+    "sampled_kl": lambda: (_student_final(), _teacher_final(), _next_token_labels()),
     "peer_kl": lambda: (_randn(70, 3, BATCH, CLASSES),),
 }
 
@@ -134,6 +135,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "top_k=4": {"top_k": 4},
         "hard_weight=0.5": {"hard_weight": 0.5},
         "cached top_k=4": {},
+    },
+    "sampled_kl": {
+        "default": {},
+        "estimator=topk,top_k=4": {"estimator": "topk", "top_k": 4},
+        "estimator=topk,top_k=4,divergence=jsd": {"estimator": "topk", "top_k": 4, "divergence": "jsd"},
     },
 }
 

@@ -320,8 +320,8 @@ def _distillation_stages(config: Recipe, teacher: str | None, student_data: str)
         batches=None if on_policy is None else _on_policy_source(on_policy),
         does="distil the student with the recipe's objective"
         + (" from the teacher cache" if teacher == "teacher-cache" else "")
-        + ("" if on_policy is None else f" on its own samples ({on_policy.lmbda:g} of the steps; the others on the "
-           "data)")))
+        + ("" if on_policy is None else " on its own samples" + (
+            f" ({on_policy.lmbda:g} of the steps; the others on the data)" if on_policy.lmbda < 1 else ""))))
     return stages
 
 
