@@ -138,6 +138,14 @@ def test_every_step_trains_on_the_samples_made_for_its_whole_window(tmp_path):
     assert len({seed for _, seed in answers.calls}) == 3
 
 
+def test_warmup_steps_train_on_the_data_before_the_student_samples(tmp_path):
+    answers = FixedAnswers()
+    _on_policy_run(tmp_path, OnPolicyConfig(lmbda=1.0, warmup_steps=2, log_samples_every=0), steps=5, sampler=answers)
+    assert len(answers.calls) == 3  # steps 3, 4 and 5
+    shares = [json.loads(line)["on_policy_share"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert shares == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
 def _recipe(teacher, **on_policy):
     return {"name": "op", "seed": 0,
             "data": {"dataset": "task:addition", "tokenizer": "builtin:kjv-bpe-512", "max_length": 96,

@@ -179,7 +179,7 @@ def on_policy_batches(config: Any, tokenizer: Any, sampler: Any = None):
         for window in epoch_windows(run):
             step = run.step  # the optimizer step this window trains
             stats.steps += 1
-            if is_on_policy_step(run.seed, step, config.lmbda):
+            if step >= config.warmup_steps and is_on_policy_step(run.seed, step, config.lmbda):
                 prompts = [prompt_of(input_ids, labels) for batch in window
                            for input_ids, labels in zip(batch["input_ids"], batch["labels"])]
                 completions = active.sample(prompts, draw(run.seed, step, "sample", accelerator.process_index))

@@ -31,6 +31,9 @@ class OnPolicyConfig(StrictSection):
     lmbda: float = Field(1.0, ge=0, le=1, description="Share of optimizer steps on the student's own samples (GKD's "
                          "lambda); each step's choice is drawn from the recipe seed and the step, the same on every "
                          "process and on resume.")
+    warmup_steps: int = Field(0, ge=0, description="The first this many steps train on the data alone, so that the "
+                              "student samples answers worth scoring when on-policy steps begin (GKD and Thinking "
+                              "Machines start from a fine-tuned student).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the student samples.")
     generation_batch_size: int | None = Field(None, gt=0, description="Prompts sampled together, sorted by length "
                                               "(null: a whole accumulation window, batch_size x grad_accum, at once; "
