@@ -363,6 +363,7 @@ def _load_script(script: Path) -> Any:
         sys.path.insert(0, str(script.parent))
     spec = importlib.util.spec_from_file_location(f"_docs_benchmark_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the script look their module up there
     spec.loader.exec_module(module)
     return module
 
