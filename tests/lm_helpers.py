@@ -49,3 +49,30 @@ class FixedAnswers:
         self.calls.append((len(prompts), seed))
         return [Sampled([30 + (sum(prompt) + offset) % 200 for offset in range(1 + len(prompt) % 5)], False)
                 for prompt in prompts]
+
+
+def assert_ddp_step_matches_one_process(script_name, tmp_path):
+    """Runs tests/<script_name> under `accelerate launch` with 2 processes at batch 4 and as one process at batch 8;
+    the tiny student (tiny_llama(512, hidden=16, seed=0)) must have moved and end with the same weights."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    tokenizer()  # build the cached tokenizer once, before two processes race for it
+    root = Path(__file__).resolve().parents[1]
+    script = root / "tests" / script_name
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "tests")}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2"]
+    subprocess.run([*launch, str(script), str(tmp_path / "ddp"), "4"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    ddp, single = (load_file(str(tmp_path / name / "final.safetensors")) for name in ("ddp", "single"))
+    initial = tiny_llama(512, hidden=16, seed=0).state_dict()
+    assert max(float((single[key] - initial[key]).abs().max()) for key in single) > 1e-3
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)

