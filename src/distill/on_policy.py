@@ -11,8 +11,7 @@ checkpoint; sampling runs under ``fork_rng``, so it leaves the training RNG (dro
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -21,14 +20,13 @@ from torch import Tensor, nn
 from distill.data.lm import IGNORE_INDEX, next_token_targets, pad_lm_batch
 from distill.errors import DistillError
 from distill.generation.endpoint import EndpointUnavailable
-from distill.generation.local import end_of_answer_ids
+from distill.generation.local import batch_seed, end_of_answer_ids
 from distill.trainer import StageRun, epoch_windows, with_token_counts
 
 
 def draw(seed: int, step: int, what: str, process: int = 0) -> int:
     """A 63-bit number fixed by (seed, step, what, process)."""
-    digest = hashlib.sha256(f"{seed}\0{step}\0{what}\0{process}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (2 ** 63)
+    return batch_seed(seed, [str(step), what, str(process)])
 
 
 def is_on_policy_step(seed: int, step: int, lmbda: float) -> bool:
@@ -48,9 +46,8 @@ def prompt_of(input_ids: Tensor, labels: Tensor) -> list[int]:
     return input_ids[: int(supervised[0]) + 1].tolist()
 
 
-def check_prompt_room(dataset: Any, max_new_tokens: int, contexts: dict[str, int | None]) -> int:
-    """Refuses, before training, prompts that leave less than ``max_new_tokens`` of a model's context; returns the
-    longest prompt's length."""
+def check_prompt_room(dataset: Any, max_new_tokens: int, contexts: dict[str, int | None]) -> None:
+    """Refuses, before training, prompts that leave less than ``max_new_tokens`` of a model's context."""
     lengths = [len(prompt_of(item["input_ids"], item["labels"])) for item in (dataset[index]
                                                                                  for index in range(len(dataset)))]
     longest = max(lengths)
@@ -61,7 +58,6 @@ def check_prompt_room(dataset: Any, max_new_tokens: int, contexts: dict[str, int
                                f"{role}'s context leaves for on_policy.sampling.max_new_tokens ({context} - "
                                f"{max_new_tokens} = {context - max_new_tokens} tokens; the longest prompt has "
                                f"{longest}). Lower max_new_tokens, or shorten those prompts")
-    return longest
 
 
 @dataclass
@@ -155,7 +151,6 @@ class OnPolicyStats:
     completions: int = 0
     completion_tokens: int = 0
     truncated: int = 0
-    samples: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
         figures = {"on_policy_share": round(self.on_policy_steps / max(self.steps, 1), 4)}

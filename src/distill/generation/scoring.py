@@ -134,9 +134,9 @@ class EndpointTeacher:
             for position, step in enumerate(scored.top):
                 values[row, position] = torch.tensor([value for _, value in step])
                 ids[row, position] = torch.tensor([token_id for token_id, _ in step])
-            if self.k:
+            if self.k:  # the mass outside the top k (floored: a top k holding it all leaves log 0)
                 mass = values[row, :count].exp().sum(-1).clamp_max(1.0)
-                tail[row, :count] = torch.log1p(-mass).clamp_min(-1e4) if count else tail[row, :count]
+                tail[row, :count] = torch.log1p(-mass).clamp_min(-1e4)
         token = token.masked_fill(labels.cpu() == IGNORE_INDEX, 0.0)
         device = labels.device
         return TopKTeacher(values.to(device), ids.to(device), tail.to(device), token.to(device))

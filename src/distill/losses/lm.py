@@ -201,9 +201,10 @@ def _scored(teacher: FinalHidden, labels: Tensor, k: int, chunk_size: int | None
     weight = teacher.weight[:vocab_size] if vocab_size else teacher.weight
     bias = None if teacher.bias is None else (teacher.bias[:vocab_size] if vocab_size else teacher.bias)
     token = torch.zeros(flat.shape[0], dtype=torch.float32, device=hidden.device)
+    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
     with torch.no_grad():
-        for start in range(0, rows.shape[0], chunk_size or auto_chunk_size(weight.shape[0])):
-            chunk = rows[start:start + (chunk_size or auto_chunk_size(weight.shape[0]))]
+        for start in range(0, rows.shape[0], chunk_size):
+            chunk = rows[start:start + chunk_size]
             log_probs = F.log_softmax(F.linear(hidden.index_select(0, chunk), weight, bias).float(), dim=-1)
             token[chunk] = log_probs.gather(1, flat[chunk, None]).squeeze(1)
     shape = (*labels.shape, max(k, 1))
